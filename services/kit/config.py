@@ -1,0 +1,200 @@
+"""Appliance configuration: one YAML file plus environment overrides, validated up front.
+
+Precedence, lowest first: built-in defaults (the `cpu` profile), the profile file
+`config/<profile>.yaml`, the operator's file (`--config FILE`), then environment variables
+`QUIETLINE_<SECTION>__<KEY>` (for example `QUIETLINE_ASR__BEAM_SIZE=5`). Unknown keys are errors,
+so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PROFILE_DIR = REPO_ROOT / "config"
+PROFILES = ("cpu", "gpu")
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the problem and the fix."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Endpoint(_Section):
+    """Where a gRPC service listens and where its Prometheus metrics are served."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(ge=1, le=65535)
+    metrics_port: int = Field(ge=1, le=65535)
+
+    @property
+    def target(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+class AsrSettings(_Section):
+    endpoint: Endpoint = Endpoint(port=50461, metrics_port=9461)
+    model: str = "whisper-tiny-en"
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    compute_type: str = "int8"
+    beam_size: int = Field(default=1, ge=1, le=10)
+    # Default language when the caller's request gives no hint ("" means detect).
+    language: str = "en"
+    cpu_threads: int = Field(default=2, ge=1)
+
+
+class TtsSettings(_Section):
+    endpoint: Endpoint = Endpoint(port=50462, metrics_port=9462)
+    voice: str = "piper-en-us-joe-medium"
+    # Stock phrases synthesised once at start so they are served from memory.
+    cached_prompts: list[str] = ["Let me check that for you.", "Sorry, I did not catch that."]
+
+
+class DatabaseSettings(_Section):
+    # A site's PostgreSQL (16+ with pgvector). Empty: the appliance starts the embedded PostgreSQL 18,
+    # which listens on a Unix socket in the state directory only (no TCP port at all).
+    dsn: str = ""
+
+
+class KnowledgeSettings(_Section):
+    endpoint: Endpoint = Endpoint(port=50463, metrics_port=9463)
+    embedding_model: str = "all-minilm-l6-v2"
+    top_k: int = Field(default=4, ge=1, le=50)
+    # Words per chunk when documents are split for indexing.
+    chunk_words: int = Field(default=120, ge=20, le=2000)
+    # Folder ingested at first start when the knowledge base is empty ("" disables it).
+    seed_documents: str = str(REPO_ROOT / "services" / "knowledge" / "sample_kb")
+    default_collection: str = "default"
+
+
+class LlmSettings(_Section):
+    # Which OpenAI-compatible server the `llm` service launches.
+    server: Literal["llama_cpp", "vllm"] = "llama_cpp"
+    model: str = "gemma3-270m-q4km"
+    host: str = "127.0.0.1"
+    port: int = Field(default=8461, ge=1, le=65535)
+    context_tokens: int = Field(default=2048, ge=256)
+    max_tokens: int = Field(default=60, ge=1)
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    threads: int = Field(default=2, ge=1)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+
+class DialogSettings(_Section):
+    endpoint: Endpoint = Endpoint(port=50464, metrics_port=9464)
+    # Budget for the whole LLM answer; past it the extractive fallback is spoken instead.
+    llm_deadline_s: float = Field(default=8.0, gt=0)
+    # A generated sentence is spoken only when this share of its content words occurs in the passages.
+    grounding_min_overlap: float = Field(default=0.6, ge=0.0, le=1.0)
+    max_answer_sentences: int = Field(default=2, ge=1)
+
+
+class GatewaySettings(_Section):
+    # Sample rate of the per-call pipeline (what the asr receives and the tts returns).
+    pipeline_sample_rate_hz: int = 16000
+    # Silence after speech that ends the caller's turn (Silero VAD stop time).
+    vad_stop_s: float = Field(default=0.5, gt=0)
+
+
+class QuietLineSettings(BaseSettings):
+    """The whole appliance's configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="QUIETLINE_", env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
+
+    profile: Literal["cpu", "gpu"] = "cpu"
+    # Where the appliance keeps its database, pid files, logs and caches.
+    state_dir: Path = Path(os.path.expanduser("~/.local/state/quietline"))
+    # Deadline applied to every outgoing gRPC call that sets none of its own.
+    default_rpc_deadline_s: float = Field(default=30.0, gt=0)
+    asr: AsrSettings = AsrSettings()
+    tts: TtsSettings = TtsSettings()
+    database: DatabaseSettings = DatabaseSettings()
+    knowledge: KnowledgeSettings = KnowledgeSettings()
+    llm: LlmSettings = LlmSettings()
+    dialog: DialogSettings = DialogSettings()
+    gateway: GatewaySettings = GatewaySettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment beats the files (passed as init values); no .env or secret files.
+        return (env_settings, init_settings)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist: pass an existing file to --config") from None
+    except OSError as err:
+        raise ConfigError(f"config file {path} cannot be read ({err.strerror}): fix its permissions") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML ({err}): fix the syntax") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, not {type(data).__name__}")
+    return data
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _explain(err: ValidationError, sources: str) -> str:
+    problems = []
+    for item in err.errors():
+        where = ".".join(str(part) for part in item["loc"])
+        if item["type"] == "extra_forbidden":
+            problems.append(f"unknown key '{where}': remove it or correct its spelling")
+        else:
+            problems.append(f"'{where}': {item['msg']} (got {item.get('input')!r})")
+    return f"invalid configuration ({sources}): " + "; ".join(problems)
+
+
+def load_settings(config_file: Path | str | None = None, profile: str | None = None) -> QuietLineSettings:
+    """Build the configuration from the profile, an optional operator file and the environment.
+
+    Raises ConfigError with a message naming the bad key or value and how to fix it.
+    """
+    data: dict[str, Any] = {}
+    user: dict[str, Any] = _read_yaml(Path(config_file)) if config_file else {}
+    chosen = profile or user.get("profile") or os.environ.get("QUIETLINE_PROFILE") or "cpu"
+    if chosen not in PROFILES:
+        raise ConfigError(f"unknown profile '{chosen}': use one of {', '.join(PROFILES)}")
+    profile_file = PROFILE_DIR / f"{chosen}.yaml"
+    if profile_file.exists():
+        data = _read_yaml(profile_file)
+    data = _merge(data, user)
+    data["profile"] = chosen
+    sources = ", ".join(str(p) for p in (profile_file, config_file) if p) + ", QUIETLINE_* environment"
+    try:
+        return QuietLineSettings(**data)
+    except ValidationError as err:
+        raise ConfigError(_explain(err, sources)) from None

@@ -1,0 +1,124 @@
+"""Shared fixtures: real service processes on test ports, a real embedded PostgreSQL, real models.
+
+Nothing here mocks a QuietLine part: a test that needs a service starts the real process with the
+same entry point `quietline up` uses and talks to it over gRPC.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from services.appliance.supervisor import EmbeddedDatabase, ServiceEntry, check_health
+from services.kit.offline import OFFLINE_ENVIRONMENT, enforce_offline
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = (REPO_ROOT.parent / "shared" / "data").resolve()
+
+enforce_offline()
+
+# Per-service tests and the whole-stack test use separate port ranges so they never collide with
+# each other or with a developer's running appliance (which uses the 50461.. defaults).
+SERVICE_PORT_BASE = 52460
+STACK_PORT_BASE = 53460
+SERVICE_NAMES = ("asr", "tts", "knowledge", "dialog")
+
+
+def make_test_config(state_dir: Path, port_base: int, extra: dict | None = None) -> dict:
+    """A configuration with every port moved to `port_base + n` and the state under `state_dir`."""
+    config: dict = {"state_dir": str(state_dir), "llm": {"port": port_base}}
+    for offset, name in enumerate(SERVICE_NAMES, start=1):
+        config[name] = {"endpoint": {"port": port_base + offset, "metrics_port": port_base + 100 + offset}}
+    for section, values in (extra or {}).items():
+        config.setdefault(section, {}).update(values)
+    return config
+
+
+def write_config(path: Path, config: dict) -> Path:
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"shared test data not found at {SHARED_DATA}: check out the repo beside ../shared")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def state_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("state")
+
+
+@pytest.fixture(scope="session")
+def service_config(state_dir: Path) -> Path:
+    """The config file used by per-service tests."""
+    return write_config(state_dir / "services.yaml", make_test_config(state_dir, SERVICE_PORT_BASE))
+
+
+@pytest.fixture(scope="session")
+def database_dsn(state_dir: Path):
+    """A real embedded PostgreSQL 18 with pgvector for the whole session."""
+    database = EmbeddedDatabase(state_dir)
+    dsn = database.start()
+    yield dsn
+    database.stop()
+
+
+class ServiceProcess:
+    """A service started the way `quietline up` starts it, for one test module or session."""
+
+    def __init__(self, name: str, config_file: Path, env: dict[str, str], port: int, metrics_port: int) -> None:
+        self.name = name
+        self.entry = ServiceEntry(name, "grpc", "127.0.0.1", port, metrics_port)
+        self.log_path = config_file.parent / f"{name}.test.log"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", f"services.{name}", "--config", str(config_file)],
+            stdout=self.log_path.open("wb"), stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT,
+        )
+
+    @property
+    def target(self) -> str:
+        return self.entry.address
+
+    def wait_healthy(self, timeout_s: float = 180.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.log_path.read_text()}")
+            if check_health(self.entry, timeout_s=1.0):
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"{self.name} not healthy after {timeout_s} s:\n{self.log_path.read_text()}")
+
+    def stop(self) -> int:
+        self.process.terminate()
+        try:
+            return self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_service(name: str, config_file: Path, extra_env: dict[str, str] | None = None) -> ServiceProcess:
+    """Start `services.<name>` with `config_file` and wait until it reports healthy."""
+    config = yaml.safe_load(config_file.read_text())
+    env = {**os.environ, **OFFLINE_ENVIRONMENT, **(extra_env or {})}
+    endpoint = config[name]["endpoint"]
+    service = ServiceProcess(name, config_file, env, endpoint["port"], endpoint["metrics_port"])
+    try:
+        service.wait_healthy()
+    except BaseException:
+        service.stop()
+        raise
+    return service
