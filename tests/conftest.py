@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from services.appliance.port_plan import config_with_ports, write_config  # noqa: F401 (re-exported)
 from services.appliance.supervisor import EmbeddedDatabase, ServiceEntry, check_health
 from services.kit.offline import OFFLINE_ENVIRONMENT, enforce_offline
 
@@ -27,22 +28,8 @@ enforce_offline()
 # each other or with a developer's running appliance (which uses the 50461.. defaults).
 SERVICE_PORT_BASE = 52460
 STACK_PORT_BASE = 53460
-SERVICE_NAMES = ("asr", "tts", "knowledge", "dialog")
-
-
-def make_test_config(state_dir: Path, port_base: int, extra: dict | None = None) -> dict:
-    """A configuration with every port moved to `port_base + n` and the state under `state_dir`."""
-    config: dict = {"state_dir": str(state_dir), "llm": {"port": port_base}}
-    for offset, name in enumerate(SERVICE_NAMES, start=1):
-        config[name] = {"endpoint": {"port": port_base + offset, "metrics_port": port_base + 100 + offset}}
-    for section, values in (extra or {}).items():
-        config.setdefault(section, {}).update(values)
-    return config
-
-
-def write_config(path: Path, config: dict) -> Path:
-    path.write_text(yaml.safe_dump(config))
-    return path
+# Kept as names tests already use; the port plan lives with the supervisor.
+make_test_config = config_with_ports
 
 
 @pytest.fixture(scope="session")

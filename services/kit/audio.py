@@ -70,10 +70,10 @@ def resample(samples: np.ndarray, from_hz: int, to_hz: int) -> np.ndarray:
 def read_recording(path: Path | str, target_hz: int) -> np.ndarray:
     """Read a caller recording (WAV/FLAC/OGG, any rate, mono or stereo) as mono float32 at target_hz."""
     path = Path(path)
+    if not path.is_file():
+        raise AudioError(f"recording {path} does not exist: give the path of a WAV file")
     try:
         samples, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
-    except FileNotFoundError:
-        raise AudioError(f"recording {path} does not exist: give the path of a WAV file") from None
     except (soundfile.LibsndfileError, RuntimeError) as err:
         raise AudioError(f"recording {path} is not readable audio ({err}): give a WAV, FLAC or OGG file") from None
     if samples.shape[0] == 0:

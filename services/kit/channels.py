@@ -1,7 +1,8 @@
 """Outgoing gRPC channels with a deadline on every call.
 
-A service or client never calls another service without a deadline: `open_channel` installs an
-interceptor that applies the configured default to any call that sets no timeout of its own.
+A service or client never calls another service without a deadline: `open_channel` installs
+interceptors that apply the configured default to any call that sets no timeout of its own.
+(grpc.aio files each interceptor under one call shape only, hence one class per shape.)
 """
 
 from __future__ import annotations
@@ -9,12 +10,7 @@ from __future__ import annotations
 import grpc
 
 
-class _DefaultDeadline(
-    grpc.aio.UnaryUnaryClientInterceptor,
-    grpc.aio.UnaryStreamClientInterceptor,
-    grpc.aio.StreamUnaryClientInterceptor,
-    grpc.aio.StreamStreamClientInterceptor,
-):
+class _DefaultDeadline:
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
 
@@ -25,19 +21,29 @@ class _DefaultDeadline(
             details.method, self.seconds, details.metadata, details.credentials, details.wait_for_ready
         )
 
+
+class _UnaryUnaryDeadline(_DefaultDeadline, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(self, continuation, details, request):
         return await continuation(self._with_deadline(details), request)
 
+
+class _UnaryStreamDeadline(_DefaultDeadline, grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(self, continuation, details, request):
         return await continuation(self._with_deadline(details), request)
 
+
+class _StreamUnaryDeadline(_DefaultDeadline, grpc.aio.StreamUnaryClientInterceptor):
     async def intercept_stream_unary(self, continuation, details, request_iterator):
         return await continuation(self._with_deadline(details), request_iterator)
 
+
+class _StreamStreamDeadline(_DefaultDeadline, grpc.aio.StreamStreamClientInterceptor):
     async def intercept_stream_stream(self, continuation, details, request_iterator):
         return await continuation(self._with_deadline(details), request_iterator)
 
 
 def open_channel(target: str, default_deadline_s: float) -> grpc.aio.Channel:
     """An asyncio channel to `target` whose calls all carry a deadline (default_deadline_s unless set)."""
-    return grpc.aio.insecure_channel(target, interceptors=[_DefaultDeadline(default_deadline_s)])
+    interceptors = [shape(default_deadline_s) for shape in
+                    (_UnaryUnaryDeadline, _UnaryStreamDeadline, _StreamUnaryDeadline, _StreamStreamDeadline)]
+    return grpc.aio.insecure_channel(target, interceptors=interceptors)

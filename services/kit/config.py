@@ -50,6 +50,15 @@ class AsrSettings(_Section):
     # Default language when the caller's request gives no hint ("" means detect).
     language: str = "en"
     cpu_threads: int = Field(default=2, ge=1)
+    # Decodes running at once across all streams (CPU: 1, each decode uses cpu_threads; GPU: a few).
+    # A final waits for a free slot; an interim is skipped when none is free.
+    max_concurrent_decodes: int = Field(default=1, ge=1, le=64)
+    # Interim hypotheses are decoded at most once per this much new audio.
+    interim_interval_s: float = Field(default=1.0, gt=0)
+    # Audio one Recognize stream may carry in all (one stream per call: an hour).
+    max_stream_s: float = Field(default=3600.0, gt=0)
+    # Audio pending without a flush is finalised on its own past this, bounding memory and decode time.
+    max_utterance_s: float = Field(default=60.0, gt=0, le=600)
 
 
 class TtsSettings(_Section):
@@ -57,6 +66,10 @@ class TtsSettings(_Section):
     voice: str = "piper-en-us-joe-medium"
     # Stock phrases synthesised once at start so they are served from memory.
     cached_prompts: list[str] = ["Let me check that for you.", "Sorry, I did not catch that."]
+    # Longest text one Synthesize request may carry; longer answers are split by the caller.
+    max_text_chars: int = Field(default=5000, ge=1)
+    # onnxruntime threads per synthesis (concurrent requests each run their own synthesis).
+    cpu_threads: int = Field(default=2, ge=1)
 
 
 class DatabaseSettings(_Section):
@@ -99,6 +112,10 @@ class DialogSettings(_Section):
     # A generated sentence is spoken only when this share of its content words occurs in the passages.
     grounding_min_overlap: float = Field(default=0.6, ge=0.0, le=1.0)
     max_answer_sentences: int = Field(default=2, ge=1)
+    # Longest wait for one knowledge search; past it the turn is handed to a colleague.
+    search_timeout_s: float = Field(default=2.0, gt=0)
+    # Where a turn the bot cannot answer is transferred (a queue name or SIP URI the gateway knows).
+    transfer_target: str = "agents"
 
 
 class GatewaySettings(_Section):

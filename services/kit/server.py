@@ -144,12 +144,13 @@ async def serve(spec: ServiceSpec, settings: QuietLineSettings) -> None:
             f"(`quietline down`, or `ss -ltnp 'sport = :{endpoint.port}'`) or set {spec.name}.endpoint.port"
         )
     serve_metrics(endpoint.host, endpoint.metrics_port)
-    # Not serving until the models are loaded, so `quietline up` waits for real readiness.
-    await health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
-    await server.start()
+    # The port is bound (so a busy port fails fast) but not served until the models are loaded and
+    # the servicers registered: `quietline up` waits for real readiness, and grpc keeps its fast path
+    # for handlers registered before start.
     started = time.perf_counter()
     names = await spec.setup(server, settings)
     reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    await server.start()
     for name in ["", *names]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info(

@@ -1,0 +1,219 @@
+"""The `quietline` command: start, inspect and stop the appliance, and place calls against it.
+
+    quietline up [--profile cpu|gpu] [--config FILE] [--foreground]
+    quietline down | status [--json]
+    quietline call AUDIO.wav | --demo [--json] [--out reply.wav]
+
+Every failure prints one line naming the problem and the fix, and exits non-zero:
+2 for bad input or configuration, 3 when the appliance is not running or a service is down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from pathlib import Path
+
+from models import ModelError
+from services.kit.audio import AudioError
+from services.kit.config import ConfigError, QuietLineSettings, load_settings
+from services.kit.offline import enforce_offline
+
+DEMO_QUESTION = "Hello, I think I lost my debit card yesterday. What should I do now?"
+# The demo caller is the same Piper voice at another speaking rate, so it differs from the bot.
+DEMO_CALLER_RATE = 0.85
+
+EXIT_BAD_INPUT = 2
+EXIT_UNAVAILABLE = 3
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _settings(args) -> QuietLineSettings:
+    return load_settings(args.config, getattr(args, "profile", None))
+
+
+def _supervisor(args):
+    from services.appliance.supervisor import Supervisor
+
+    return Supervisor(_settings(args), Path(args.config).resolve() if args.config else None)
+
+
+def command_up(args) -> int:
+    from services.appliance.supervisor import ApplianceError
+
+    supervisor = _supervisor(args)
+    print(f"starting QuietLine ({supervisor.settings.profile} profile; state in {supervisor.state_dir}) ...",
+          file=sys.stderr)
+    try:
+        endpoints = supervisor.up()
+    except ApplianceError as err:
+        raise CliError(str(err), EXIT_UNAVAILABLE) from None
+    for name, address in endpoints.items():
+        print(f"  {name:<10} {address}")
+    print(f"logs: {supervisor.log_dir}")
+    if args.foreground:
+        print("serving in the foreground; Ctrl-C stops the appliance", file=sys.stderr)
+        stop = False
+
+        def request_stop(*_):
+            nonlocal stop
+            stop = True
+
+        signal.signal(signal.SIGINT, request_stop)
+        signal.signal(signal.SIGTERM, request_stop)
+        while not stop:
+            signal.pause()
+        supervisor.down()
+    return 0
+
+
+def command_down(args) -> int:
+    stopped = _supervisor(args).down()
+    print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+    return 0
+
+
+def command_status(args) -> int:
+    rows = _supervisor(args).status()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for row in rows:
+            state = "healthy" if row["healthy"] else "DOWN"
+            print(f"{row['name']:<10} {state:<8} {row['address']}")
+    return 0 if all(row["healthy"] for row in rows) else EXIT_UNAVAILABLE
+
+
+def _require_services(settings: QuietLineSettings, names: tuple[str, ...]) -> None:
+    from services.appliance.supervisor import check_health, service_entries
+
+    down = [e.name for e in service_entries(settings) if e.name in names and not check_health(e)]
+    if down:
+        raise CliError(
+            f"service(s) not reachable: {', '.join(down)}: start the appliance with `quietline up` "
+            "(or check `quietline status` and the logs)", EXIT_UNAVAILABLE)
+
+
+async def synthesize_demo_question(settings: QuietLineSettings, text: str = DEMO_QUESTION):
+    """The demo caller's question, spoken by the tts service at the demo caller's rate."""
+    import numpy as np
+
+    from quietline.v1 import common_pb2, tts_pb2, tts_pb2_grpc
+    from services.kit.channels import open_channel
+
+    rate = settings.gateway.pipeline_sample_rate_hz
+    request = tts_pb2.SynthesizeRequest(
+        text=text, speaking_rate=DEMO_CALLER_RATE,
+        format=common_pb2.AudioFormat(encoding=common_pb2.AUDIO_ENCODING_PCM16, sample_rate_hz=rate),
+    )
+    async with open_channel(settings.tts.endpoint.target, settings.default_rpc_deadline_s) as channel:
+        pcm = b"".join([reply.audio async for reply in tts_pb2_grpc.TtsStub(channel).Synthesize(request)])
+    speech = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
+    # A caller pauses a moment before speaking and waits on the line after.
+    pause = np.zeros(rate // 2, dtype=np.float32)
+    return np.concatenate([pause, speech, pause])
+
+
+def command_call(args) -> int:
+    from services.gateway.call_pipeline import CallTimeoutError, run_recorded_call, write_reply
+    from services.kit.audio import read_recording
+
+    settings = _settings(args)
+    rate = settings.gateway.pipeline_sample_rate_hz
+    if not args.audio and not args.demo:
+        raise CliError("give a recording (quietline call AUDIO.wav) or --demo for a synthesised question",
+                       EXIT_BAD_INPUT)
+    # Read the recording before touching the services, so bad input is reported as such.
+    caller_audio = read_recording(args.audio, rate) if args.audio else None
+    _require_services(settings, ("asr", "tts", "dialog"))
+    _quiet_pipecat_logs()
+
+    async def place_call():
+        audio = caller_audio if caller_audio is not None else await synthesize_demo_question(settings)
+        return await run_recorded_call(settings, audio, realtime=not args.fast)
+
+    try:
+        result = asyncio.run(place_call())
+    except CallTimeoutError as err:
+        raise CliError(str(err), EXIT_UNAVAILABLE) from None
+    out = Path(args.out) if args.out else Path(settings.state_dir).expanduser() / "calls" / f"{result.call_id}.wav"
+    write_reply(result, out)
+    if args.json:
+        print(json.dumps({"call_id": result.call_id, "turns": result.turns, "reply_wav": str(out)}, indent=2))
+        return 0
+    if not result.turns:
+        print("no speech was recognised in the recording")
+    for number, turn in enumerate(result.turns, start=1):
+        latency = turn["latency_ms"]
+        print(f"turn {number}")
+        print(f"  caller said : {turn['caller_text']}")
+        print(f"  bot answered: {turn['bot_text'] or '(nothing)'}")
+        for citation in turn["citations"]:
+            print(f"  cited       : {citation['title']} [{citation['document_id']}]")
+        print(f"  route       : {turn['route']} ({turn['route_reason']})")
+        for action in turn["actions"]:
+            print(f"  action      : {action['kind']} {action['target']}")
+        print("  latency (ms from end of caller speech): "
+              + ", ".join(f"{k}={'-' if v is None else round(v)}" for k, v in latency.items()))
+        if turn.get("error"):
+            print(f"  error       : {turn['error']}")
+    print(f"reply audio : {out}")
+    return 0
+
+
+def _quiet_pipecat_logs() -> None:
+    from loguru import logger
+
+    logger.remove()
+    logger.add(sys.stderr, level="WARNING")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="quietline", description="QuietLine voice contact-center appliance")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(p):
+        p.add_argument("--config", help="operator YAML file over the profile's defaults")
+        p.add_argument("--profile", choices=["cpu", "gpu"], help="model profile (default cpu)")
+        return p
+
+    up = with_config(sub.add_parser("up", help="start every service and wait until healthy"))
+    up.add_argument("--foreground", action="store_true", help="stay attached; Ctrl-C stops the appliance")
+    up.set_defaults(handler=command_up)
+    with_config(sub.add_parser("down", help="stop every service")).set_defaults(handler=command_down)
+    status = with_config(sub.add_parser("status", help="health of every service"))
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(handler=command_status)
+    call = with_config(sub.add_parser("call", help="place a call with a recording as the caller"))
+    call.add_argument("audio", nargs="?", help="caller recording (WAV/FLAC/OGG, any sample rate)")
+    call.add_argument("--demo", action="store_true", help="synthesise a demo caller question instead")
+    call.add_argument("--json", action="store_true", help="print the turns as JSON")
+    call.add_argument("--out", help="where to write the bot's reply audio (WAV)")
+    call.add_argument("--fast", action="store_true", help="send the recording faster than real time")
+    call.set_defaults(handler=command_call)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    enforce_offline()
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except CliError as err:
+        print(f"quietline: {err}", file=sys.stderr)
+        return err.code
+    except (ConfigError, AudioError, ModelError) as err:
+        print(f"quietline: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

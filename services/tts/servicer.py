@@ -1,0 +1,209 @@
+"""The Tts gRPC servicer: validates a request, synthesises sentence by sentence, streams audio chunks.
+
+Synthesis runs in a worker thread one sentence at a time, so the first sentence's audio leaves while
+the next is still being synthesised, and a cancelled call (barge-in) starts no further synthesis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import NoReturn
+from collections.abc import AsyncIterator, Iterator
+
+import grpc
+import numpy as np
+from prometheus_client import Counter
+
+from quietline.v1 import common_pb2, tts_pb2, tts_pb2_grpc
+from services.kit.audio import PCM16, AudioError, check_format, encode, resample
+from services.kit.config import TtsSettings
+from services.kit.metrics import ERRORS, STAGE_LATENCY
+from services.tts.synthesizer import (
+    MAX_SPEAKING_RATE,
+    MIN_SPEAKING_RATE,
+    PromptCache,
+    Synthesizer,
+    Voice,
+    VoiceNotFound,
+    speakable_sentences,
+)
+
+SERVICE = "tts"
+
+PROMPT_CACHE_HITS = Counter(
+    "quietline_tts_prompt_cache_hits_total",
+    "Synthesize requests served from the in-memory prompt cache.",
+    ["voice"],
+)
+CANCELLED = Counter(
+    "quietline_tts_cancelled_total",
+    "Synthesize streams ended early by the caller (barge-in) before their last chunk.",
+)
+
+log = logging.getLogger("quietline.tts")
+
+
+def output_format(requested: common_pb2.AudioFormat, voice: Voice) -> common_pb2.AudioFormat:
+    """The format to send: unspecified encoding means PCM16, an unset rate the voice's native rate.
+
+    Raises AudioError (with the accepted values) when the result cannot be carried.
+    """
+    fmt = common_pb2.AudioFormat(
+        encoding=requested.encoding or PCM16,
+        sample_rate_hz=requested.sample_rate_hz or voice.sample_rate_hz,
+    )
+    check_format(fmt)
+    return fmt
+
+
+def to_wire(samples: np.ndarray, from_hz: int, fmt: common_pb2.AudioFormat) -> bytes:
+    """Native-rate float samples to the requested rate and encoding."""
+    return encode(resample(samples, from_hz, fmt.sample_rate_hz), fmt.encoding)
+
+
+def split_chunks(audio: bytes, fmt: common_pb2.AudioFormat, chunk_ms: int) -> Iterator[bytes]:
+    """Frames of chunk_ms each (the last may be shorter); chunk_ms 0 gives the whole sentence at once."""
+    if chunk_ms == 0:
+        yield audio
+        return
+    bytes_per_sample = 2 if fmt.encoding == PCM16 else 1
+    samples_per_chunk = max(1, round(fmt.sample_rate_hz * chunk_ms / 1000))
+    step = samples_per_chunk * bytes_per_sample
+    for start in range(0, len(audio), step):
+        yield audio[start : start + step]
+
+
+class TtsServicer(tts_pb2_grpc.TtsServicer):
+    """Streams Piper speech per sentence in telephone-ready encodings, with a stock-prompt cache."""
+
+    def __init__(self, synthesizer: Synthesizer, prompt_cache: PromptCache, settings: TtsSettings) -> None:
+        self.synthesizer = synthesizer
+        self.prompt_cache = prompt_cache
+        self.settings = settings
+
+    async def _reject(
+        self, context: grpc.aio.ServicerContext, code: grpc.StatusCode, kind: str, message: str
+    ) -> NoReturn:
+        """Count the rejection and end the call with `code` and a message naming the fix."""
+        ERRORS.labels(SERVICE, kind).inc()
+        await context.abort(code, message)
+
+    async def Synthesize(
+        self, request: tts_pb2.SynthesizeRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[tts_pb2.SynthesizeResponse]:
+        """Text in, audio chunks out as soon as each sentence is synthesised."""
+        received = time.perf_counter()
+        text = request.text
+        if not text.strip():
+            await self._reject(context, grpc.StatusCode.INVALID_ARGUMENT, "empty_text",
+                               "text is empty: send the words to speak")
+        limit = self.settings.max_text_chars
+        if len(text) > limit:
+            await self._reject(
+                context, grpc.StatusCode.INVALID_ARGUMENT, "text_too_long",
+                f"text is {len(text)} characters, over the limit of {limit} (tts.max_text_chars): "
+                "send it in several requests, one or a few sentences each",
+            )
+        try:
+            voice = self.synthesizer.voice(request.voice)
+        except VoiceNotFound as err:
+            await self._reject(context, grpc.StatusCode.NOT_FOUND, "unknown_voice", str(err))
+        rate = request.speaking_rate
+        if rate != 0 and not MIN_SPEAKING_RATE <= rate <= MAX_SPEAKING_RATE:
+            await self._reject(
+                context, grpc.StatusCode.INVALID_ARGUMENT, "bad_speaking_rate",
+                f"speaking_rate {rate:g} is out of range: use {MIN_SPEAKING_RATE:g}..{MAX_SPEAKING_RATE:g} "
+                "(1 is the voice's normal pace), or 0 for the default",
+            )
+        try:
+            fmt = output_format(request.format, voice)
+        except AudioError as err:
+            await self._reject(context, grpc.StatusCode.INVALID_ARGUMENT, "bad_format", str(err))
+
+        cached = self.prompt_cache.get(voice.name, text) if rate in (0, 1) else None
+        if cached is not None:
+            PROMPT_CACHE_HITS.labels(voice.name).inc()
+            sentences = [sentence for sentence, _ in cached]
+        else:
+            sentences = speakable_sentences(text)
+        if not sentences:
+            await self._reject(context, grpc.StatusCode.INVALID_ARGUMENT, "empty_text",
+                               "text has nothing to pronounce (only punctuation or symbols): send words")
+
+        # Stays "cancelled" when the caller hangs up or barges in (CancelledError / GeneratorExit here).
+        outcome = "cancelled"
+        try:
+            stream = self._stream(request, context, voice, fmt, sentences, cached, received)
+            async with contextlib.aclosing(stream):
+                async for response in stream:
+                    yield response
+            outcome = "completed"
+        except Exception as err:  # noqa: BLE001 - any synthesis failure becomes a clear status, not a crash
+            outcome = "failed"
+            ERRORS.labels(SERVICE, "synthesis").inc()
+            # The exception type only: its message could quote the caller's text.
+            log.error("synthesis failed", extra={"call_id": request.call.call_id, "error": type(err).__name__})
+            await context.abort(grpc.StatusCode.INTERNAL,
+                                f"synthesis failed ({type(err).__name__}): retry; if it persists, check the tts log")
+        finally:
+            if outcome == "cancelled":
+                CANCELLED.inc()
+            log.info(
+                "synthesize",
+                extra={"call_id": request.call.call_id, "turn": request.call.turn, "sentences": len(sentences),
+                       "cached": cached is not None, "outcome": outcome,
+                       "duration_ms": round((time.perf_counter() - received) * 1000, 1)},
+            )
+
+    async def _stream(
+        self,
+        request: tts_pb2.SynthesizeRequest,
+        context: grpc.aio.ServicerContext,
+        voice: Voice,
+        fmt: common_pb2.AudioFormat,
+        sentences: list[str],
+        cached: list[tuple[str, np.ndarray]] | None,
+        received: float,
+    ) -> AsyncIterator[tts_pb2.SynthesizeResponse]:
+        """The response chunks, sentence by sentence; stops at once when the call is cancelled."""
+        sent_any = False
+        sent_last = False
+        for index, sentence in enumerate(sentences):
+            if context.cancelled():
+                raise asyncio.CancelledError
+            if cached is not None:
+                audio = to_wire(cached[index][1], voice.sample_rate_hz, fmt)
+            else:
+                audio = await asyncio.to_thread(self._synthesize_to_wire, voice, sentence, request.speaking_rate, fmt)
+            is_last_sentence = index == len(sentences) - 1
+            chunks = list(split_chunks(audio, fmt, request.chunk_ms)) if audio else []
+            for position, chunk in enumerate(chunks):
+                if context.cancelled():
+                    raise asyncio.CancelledError
+                response = tts_pb2.SynthesizeResponse(
+                    audio=chunk,
+                    sentence_index=index,
+                    sentence_text=sentence if position == 0 else "",
+                    last=is_last_sentence and position == len(chunks) - 1,
+                )
+                if not sent_any:
+                    # The stream's format is stated once, on its first chunk.
+                    response.format.CopyFrom(fmt)
+                    STAGE_LATENCY.labels(SERVICE, "first_audio").observe(time.perf_counter() - received)
+                    sent_any = True
+                sent_last = response.last
+                yield response
+        if not sent_last:
+            # The final sentence produced no audio: close the stream with an empty last chunk.
+            closing = tts_pb2.SynthesizeResponse(last=True, sentence_index=len(sentences) - 1)
+            if not sent_any:
+                closing.format.CopyFrom(fmt)
+            yield closing
+
+    def _synthesize_to_wire(self, voice: Voice, sentence: str, rate: float, fmt: common_pb2.AudioFormat) -> bytes:
+        """Worker-thread step: synthesise one sentence and convert it to the wire format."""
+        samples = self.synthesizer.synthesize_sentence(voice, sentence, rate)
+        return to_wire(samples, voice.sample_rate_hz, fmt)
