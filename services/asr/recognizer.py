@@ -1,0 +1,286 @@
+"""Speech recognition without gRPC: the faster-whisper model, decode options, and a streaming VAD.
+
+`Recognizer` wraps one `faster_whisper.WhisperModel` shared by every stream of the process; its
+`transcribe_*` methods block and are meant to run in a worker thread. `SpeechDetector` turns a
+stream of 16 kHz samples into speech started/stopped events with faster-whisper's own Silero model,
+carrying the model's recurrent state across chunks so that streaming gives the same probabilities
+as one pass over the whole signal.
+
+faster-whisper is imported lazily: importing it pulls in huggingface_hub, which reads the offline
+switches at import time, and `run_service` sets them only after the service module is imported.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from services.kit.config import AsrSettings
+
+if TYPE_CHECKING:
+    from faster_whisper import WhisperModel
+
+SAMPLE_RATE_HZ = 16000
+
+# Whisper reads a prompt as text that came before the audio, so an example in the expected shape
+# biases the decoder towards it (spelled-out digits, ids).
+MODE_PROMPTS = {
+    "digits": "Account number: 4 7 1 1 0 9 2.",
+    "alphanumeric": "Order ID: W 4 7 1 1 B 9.",
+}
+# Whisper's prompt is limited to 224 tokens; keep hotwords well inside it.
+MAX_HOTWORDS = 50
+MAX_HOTWORDS_CHARS = 400
+
+
+class RecognitionError(ValueError):
+    """A request the recogniser cannot serve; the message names the problem and the fix."""
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """How one stream is decoded: a Whisper language code (None: detect), prompt and hotwords."""
+
+    language: str | None
+    initial_prompt: str | None = None
+    hotwords: str | None = None
+
+
+@dataclass(frozen=True)
+class RecognizedWord:
+    """One word of a final transcript; times are seconds from the start of the decoded audio."""
+
+    text: str
+    start_s: float
+    end_s: float
+    probability: float
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """A decoded utterance: text, word timings, language and mean word probability."""
+
+    text: str
+    words: tuple[RecognizedWord, ...]
+    language: str
+    confidence: float
+
+
+class Recognizer:
+    """One faster-whisper model shared by every stream of the process."""
+
+    def __init__(self, model: WhisperModel, model_name: str, beam_size: int) -> None:
+        self.model = model
+        self.model_name = model_name
+        self.beam_size = beam_size
+
+    @classmethod
+    def load(cls, settings: AsrSettings, state_dir: Path | str | None) -> Recognizer:
+        """Resolve and verify `settings.model` in the registry and load it (raises models.ModelError)."""
+        from faster_whisper import WhisperModel
+
+        from models import resolve_model
+
+        # faster-whisper logs every decode at INFO; timings are ours to log, per call.
+        logging.getLogger("faster_whisper").setLevel(logging.WARNING)
+        resolved = resolve_model(settings.model, state_dir)
+        model = WhisperModel(
+            str(resolved.path),
+            device=settings.device,
+            compute_type=settings.compute_type,
+            cpu_threads=settings.cpu_threads,
+            # One ctranslate2 worker per decode slot, so concurrent decodes really run in parallel.
+            num_workers=settings.max_concurrent_decodes,
+            local_files_only=True,
+        )
+        return cls(model, settings.model, settings.beam_size)
+
+    @property
+    def english_only(self) -> bool:
+        return not self.model.model.is_multilingual
+
+    def resolve_language(self, hint: str) -> str | None:
+        """Map a BCP-47 hint ("en-GB", "de", "") to a Whisper language code; None means detect."""
+        code = hint.strip().replace("_", "-").split("-", 1)[0].lower()
+        if self.english_only:
+            if code in ("", "en"):
+                return "en"
+            raise RecognitionError(
+                f"language '{hint}' cannot be recognised by model {self.model_name}, which is English-only: "
+                "send language 'en' (or none), or configure a multilingual model in asr.model "
+                "(e.g. whisper-large-v3-turbo)"
+            )
+        if not code:
+            return None
+        if code not in self.model.supported_languages:
+            raise RecognitionError(
+                f"language '{hint}' is not supported by model {self.model_name}: send a Whisper language code "
+                "such as en, de, fr, es, it or pt, or none to detect it"
+            )
+        return code
+
+    def decode_options(self, language_hint: str, mode: str, hotwords: list[str]) -> DecodeOptions:
+        """Options for one stream; `mode` is the lower-case RecognitionMode name without its prefix."""
+        words = [w.strip() for w in hotwords if w.strip()]
+        if len(words) > MAX_HOTWORDS or sum(len(w) + 1 for w in words) > MAX_HOTWORDS_CHARS:
+            raise RecognitionError(
+                f"too many hotwords ({len(words)} words, {sum(len(w) + 1 for w in words)} characters): "
+                f"send at most {MAX_HOTWORDS} words and {MAX_HOTWORDS_CHARS} characters, the ones this turn needs"
+            )
+        return DecodeOptions(
+            language=self.resolve_language(language_hint),
+            initial_prompt=MODE_PROMPTS.get(mode),
+            hotwords=" ".join(words) or None,
+        )
+
+    def _transcribe(self, samples: np.ndarray, options: DecodeOptions, **kwargs: Any):
+        segments, info = self.model.transcribe(
+            samples,
+            language=options.language,
+            initial_prompt=options.initial_prompt,
+            hotwords=options.hotwords,
+            # Each utterance stands alone; conditioning on earlier text invites repetition loops.
+            condition_on_previous_text=False,
+            **kwargs,
+        )
+        # transcribe() is lazy: the decoding happens while the generator is consumed.
+        return list(segments), info
+
+    def transcribe_final(self, samples: np.ndarray, options: DecodeOptions) -> Transcript:
+        """Decode a whole utterance (16 kHz float32) with word timings; silence gives an empty text.
+
+        Blocking: run it in a worker thread.
+        """
+        segments, info = self._transcribe(
+            samples, options, beam_size=self.beam_size, word_timestamps=True,
+            # Silero VAD drops non-speech first, so silence and noise give no text rather than hallucinations.
+            vad_filter=True,
+        )
+        words = tuple(
+            RecognizedWord(w.word.strip(), max(0.0, float(w.start)), max(0.0, float(w.end)), float(w.probability))
+            for segment in segments for w in (segment.words or []) if w.word.strip()
+        )
+        text = " ".join(segment.text.strip() for segment in segments if segment.text.strip())
+        confidence = float(np.mean([w.probability for w in words])) if words else 0.0
+        return Transcript(text=text, words=words, language=info.language or "", confidence=confidence)
+
+    def transcribe_interim(self, samples: np.ndarray, options: DecodeOptions) -> list[str]:
+        """Decode the utterance so far quickly (greedy, no timestamps, no VAD); returns its words.
+
+        Blocking: run it in a worker thread.
+        """
+        segments, _ = self._transcribe(
+            samples, options, beam_size=1, best_of=1, temperature=0.0,
+            without_timestamps=True, word_timestamps=False, vad_filter=False,
+        )
+        return " ".join(segment.text.strip() for segment in segments).split()
+
+    def warm_up(self) -> None:
+        """Run one decode and one VAD pass on generated audio so the first caller does not pay for it."""
+        time_s = np.arange(SAMPLE_RATE_HZ, dtype=np.float32) / SAMPLE_RATE_HZ
+        tone = 0.1 * np.sin(2 * np.pi * 220.0 * time_s) * np.sin(np.pi * time_s)
+        options = DecodeOptions(language="en" if self.english_only else None)
+        # Without VAD, which would skip the tone and leave the decoder cold.
+        self._transcribe(tone.astype(np.float32), options, beam_size=self.beam_size, word_timestamps=True,
+                         vad_filter=False)
+        SpeechDetector().feed(tone.astype(np.float32))
+
+
+def stable_prefix_length(previous: list[str], current: list[str]) -> int:
+    """How many leading words of `current` equal those of `previous` (ignoring case and punctuation)."""
+
+    def key(word: str) -> str:
+        return re.sub(r"[^\w']", "", word.lower())
+
+    count = 0
+    for before, now in zip(previous, current):
+        if key(before) != key(now):
+            break
+        count += 1
+    return count
+
+
+SPEECH_STARTED = 1
+SPEECH_STOPPED = 2
+
+
+class SpeechDetector:
+    """Streaming speech start/stop detection on 16 kHz audio with faster-whisper's Silero VAD model.
+
+    Speech starts after `START_WINDOWS` windows (32 ms each) at or above the threshold and stops after
+    `STOP_SILENCE_MS` below faster-whisper's negative threshold. Offsets count from the first sample fed.
+    """
+
+    WINDOW = 512
+    CONTEXT = 64
+    THRESHOLD = 0.5
+    # faster-whisper's own hysteresis: below this a window is silence.
+    NEGATIVE_THRESHOLD = THRESHOLD - 0.15
+    START_WINDOWS = 2
+    STOP_SILENCE_MS = 500
+
+    def __init__(self) -> None:
+        from faster_whisper.vad import get_vad_model
+
+        # The model instance is cached by faster-whisper and shared; its ONNX session is thread-safe.
+        self._session = get_vad_model().session
+        self._h = np.zeros((1, 1, 128), dtype=np.float32)
+        self._c = np.zeros((1, 1, 128), dtype=np.float32)
+        self._context = np.zeros(self.CONTEXT, dtype=np.float32)
+        self._remainder = np.zeros(0, dtype=np.float32)
+        self._windows = 0
+        self._speech_run = 0
+        self._silence_run = 0
+        self._stop_windows = max(1, round(self.STOP_SILENCE_MS * SAMPLE_RATE_HZ / 1000 / self.WINDOW))
+        self.in_speech = False
+        # Highest speech probability since the last reset_peak(): no window at the threshold means no speech.
+        self.peak_probability = 0.0
+
+    def reset_peak(self) -> None:
+        self.peak_probability = 0.0
+
+    def _offset_ms(self, window_index: int) -> int:
+        return window_index * self.WINDOW * 1000 // SAMPLE_RATE_HZ
+
+    def feed(self, samples: np.ndarray) -> list[tuple[int, int]]:
+        """Add 16 kHz float32 samples; returns (SPEECH_STARTED | SPEECH_STOPPED, offset_ms) events."""
+        audio = np.concatenate([self._remainder, samples.astype(np.float32, copy=False)])
+        count = audio.shape[0] // self.WINDOW
+        self._remainder = audio[count * self.WINDOW:]
+        if count == 0:
+            return []
+        windows = audio[: count * self.WINDOW].reshape(count, self.WINDOW)
+        # Each window sees the last CONTEXT samples of the one before it, as in faster-whisper's batch call.
+        contexts = np.concatenate([self._context[None, :], windows[:-1, -self.CONTEXT:]], axis=0)
+        batch = np.concatenate([contexts, windows], axis=1)
+        probabilities, self._h, self._c = self._session.run(None, {"input": batch, "h": self._h, "c": self._c})
+        self._context = windows[-1, -self.CONTEXT:].copy()
+        events = []
+        for probability in np.asarray(probabilities).reshape(-1):
+            index = self._windows
+            self._windows += 1
+            self.peak_probability = max(self.peak_probability, float(probability))
+            if not self.in_speech:
+                self._speech_run = self._speech_run + 1 if probability >= self.THRESHOLD else 0
+                if self._speech_run >= self.START_WINDOWS:
+                    self.in_speech, self._silence_run = True, 0
+                    events.append((SPEECH_STARTED, self._offset_ms(index - self.START_WINDOWS + 1)))
+            else:
+                self._silence_run = self._silence_run + 1 if probability < self.NEGATIVE_THRESHOLD else 0
+                if self._silence_run >= self._stop_windows:
+                    self.in_speech, self._speech_run = False, 0
+                    events.append((SPEECH_STOPPED, self._offset_ms(index - self._stop_windows + 1)))
+        return events
+
+    def finish(self) -> list[tuple[int, int]]:
+        """The audio ended: close an open speech region at the end of what was fed."""
+        if not self.in_speech:
+            return []
+        self.in_speech, self._speech_run = False, 0
+        end_windows = self._windows - self._silence_run
+        return [(SPEECH_STOPPED, self._offset_ms(end_windows))]
