@@ -128,6 +128,8 @@ def _expected_files(manifest: ModelManifest, folder: Path) -> dict[str, str]:
         if line.strip():
             digest, name = line.split(maxsplit=1)
             expected[name.lstrip("*")] = digest
+    # A re-run of `sha256sum * > SHA256SUMS` lists the (then truncated) file itself; it checks nothing.
+    expected.pop(sums.name, None)
     return expected
 
 
@@ -148,6 +150,19 @@ def _verify(manifest: ModelManifest, folder: Path, cache: _VerifiedCache) -> Non
                 "or a different version; reinstall it"
             )
         cache.remember(path, digest)
+
+
+def verify_folder(manifest: ModelManifest | str, folder: Path | str, state_dir: Path | str | None = None) -> None:
+    """Check every file of `manifest` (or the manifest named so) in `folder` against its sha256.
+
+    The sha256s come from the manifest, or for operator-provided models from the folder's SHA256SUMS.
+    Raises ModelError naming the missing or mismatching file. With `state_dir`, files already verified
+    (same size and mtime) are not hashed again, and newly verified ones are remembered.
+    """
+    manifest = load_manifest(manifest) if isinstance(manifest, str) else manifest
+    cache = _VerifiedCache(Path(state_dir) if state_dir else None)
+    _verify(manifest, Path(folder), cache)
+    cache.save()
 
 
 def resolve_model(name: str, state_dir: Path | str | None = None) -> ResolvedModel:

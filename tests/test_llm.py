@@ -1,0 +1,276 @@
+"""The llm service: the real llama.cpp server started by `python -m services.llm`, and the client.
+
+The model is Gemma 3 270M *base* (not instruction-tuned): nothing here asserts on what it says, only on
+streaming, limits, deadlines and failures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from services.kit.config import ConfigError, load_settings
+from services.kit.offline import OFFLINE_ENVIRONMENT
+from services.llm.client import LlmClient, LlmFailure, merge_system_messages
+from services.llm.launch_profiles import llama_cpp_command, llama_cpp_environment, server_command
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+STARTUP_TIMEOUT_S = 120.0
+# Generous: the test machine has two cores shared with other test runs.
+ANSWER_DEADLINE_S = 30.0
+QUESTION = [
+    {"role": "system", "content": "You answer questions about a bank's branches."},
+    {"role": "user", "content": "When does the branch on Main Street open on Saturdays?"},
+]
+
+
+def _launcher(config_file: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "services.llm", "--config", str(config_file), *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
+        env={**os.environ, **OFFLINE_ENVIRONMENT, **(env or {})}, start_new_session=True,
+    )
+
+
+class LlmServer:
+    """The llm service process, as the supervisor starts it (its own process group)."""
+
+    def __init__(self, config_file: Path) -> None:
+        self.settings = load_settings(config_file)
+        self.log_path = config_file.parent / "llm.test.log"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "services.llm", "--config", str(config_file)],
+            stdout=self.log_path.open("wb"), stderr=subprocess.STDOUT, cwd=REPO_ROOT,
+            env={**os.environ, **OFFLINE_ENVIRONMENT}, start_new_session=True,
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"llm exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.settings.llm.base_url}/models", timeout=1.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"llm not ready after {STARTUP_TIMEOUT_S} s:\n{self.log()}")
+
+    def stop(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
+@pytest.fixture(scope="module")
+def llm_server(service_config: Path):
+    server = LlmServer(service_config)
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def llm_client(llm_server: LlmServer):
+    client = LlmClient.from_settings(llm_server.settings.llm)
+    yield client
+    await client.aclose()
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+# -- the launcher ---------------------------------------------------------------------------------
+
+def test_launcher_execs_the_server_itself_serving_the_configured_name(llm_server: LlmServer) -> None:
+    # The pid the supervisor records must be the server, not a wrapper that would outlive a SIGTERM.
+    cmdline = Path(f"/proc/{llm_server.process.pid}/cmdline").read_bytes().split(b"\0")
+    assert b"llama_cpp.server" in cmdline
+    assert cmdline[cmdline.index(b"--host") + 1] == b"127.0.0.1"
+    models = httpx.get(f"{llm_server.settings.llm.base_url}/models", timeout=5).json()
+    assert [m["id"] for m in models["data"]] == [llm_server.settings.llm.model]
+
+
+def test_llama_cpp_profile_names_the_chat_format_and_keeps_requests_queued(tmp_path: Path) -> None:
+    settings = load_settings(profile="cpu")
+    argv = llama_cpp_command(settings, tmp_path / "model.gguf")
+    options = dict(zip(argv[3::2], argv[4::2]))
+    # The Gemma 3 270M GGUF carries no tokenizer.chat_template; without this llama.cpp would use llama-2's.
+    assert options["--chat_format"] == "gemma"
+    assert options["--interrupt_requests"] == "false"
+    assert options["--verbose"] == "false"
+    assert options["--n_ctx"] == str(settings.llm.context_tokens)
+    assert options["--model_alias"] == settings.llm.model
+    environment = llama_cpp_environment({"HOST": "0.0.0.0", "API_KEY": "x", "PATH": "/bin"}, ["api_key"])
+    assert environment == {"PATH": "/bin", "OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def test_non_loopback_host_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    config = tmp_path / "open.yaml"
+    config.write_text(yaml.safe_dump({"state_dir": str(tmp_path), "llm": {"host": "0.0.0.0", "port": _closed_port()}}))
+    with pytest.raises(ConfigError, match="not loopback"):
+        server_command(load_settings(config), tmp_path)
+    process = _launcher(config)
+    output = process.communicate(timeout=60)[0].decode()
+    assert process.returncode == 2
+    assert "llm.host 0.0.0.0 is not loopback" in output
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
+def test_gpu_profile_without_vllm_installed_says_so(tmp_path: Path) -> None:
+    config = tmp_path / "gpu.yaml"
+    config.write_text(yaml.safe_dump({"state_dir": str(tmp_path), "llm": {"port": _closed_port()}}))
+    process = _launcher(config, "--profile", "gpu", env={"QUIETLINE_MODELS_DIR": str(tmp_path)})
+    output = process.communicate(timeout=60)[0].decode()
+    assert process.returncode == 2
+    assert "vllm is not installed" in output
+
+
+# -- the client against the real server -----------------------------------------------------------
+
+def test_system_messages_are_merged_into_the_first_user_turn() -> None:
+    merged = merge_system_messages([
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello"},
+        {"role": "user", "content": "Bye"},
+    ])
+    assert merged == [
+        {"role": "user", "content": "Be brief.\n\nHi"},
+        {"role": "assistant", "content": "Hello"},
+        {"role": "user", "content": "Bye"},
+    ]
+
+
+async def test_stream_yields_several_text_deltas(llm_client: LlmClient) -> None:
+    deltas = [text async for text in llm_client.stream_chat(
+        QUESTION, max_tokens=12, temperature=0.0, deadline_s=ANSWER_DEADLINE_S)]
+    assert len(deltas) >= 2
+    assert all(isinstance(text, str) and text for text in deltas)
+
+
+async def test_max_tokens_is_honoured(llm_client: LlmClient) -> None:
+    # llama.cpp streams one token per delta (fewer when a character spans tokens): never more deltas.
+    deltas = [text async for text in llm_client.stream_chat(
+        QUESTION, max_tokens=4, temperature=0.0, deadline_s=ANSWER_DEADLINE_S)]
+    assert 1 <= len(deltas) <= 4
+    longer = await llm_client.complete_chat(QUESTION, max_tokens=16, temperature=0.0, deadline_s=ANSWER_DEADLINE_S)
+    assert len(longer) > len("".join(deltas))
+
+
+async def test_short_deadline_raises_timeout_promptly(llm_client: LlmClient) -> None:
+    started = time.perf_counter()
+    with pytest.raises(LlmFailure) as failure:
+        await llm_client.complete_chat(QUESTION, max_tokens=60, temperature=0.0, deadline_s=0.05)
+    assert failure.value.kind == "timeout"
+    assert "dialog.llm_deadline_s" in str(failure.value)
+    assert time.perf_counter() - started < 1.0
+
+
+async def test_closed_port_is_unavailable_quickly() -> None:
+    client = LlmClient(f"http://127.0.0.1:{_closed_port()}/v1", "gemma3-270m-q4km")
+    started = time.perf_counter()
+    try:
+        with pytest.raises(LlmFailure) as failure:
+            await client.complete_chat(QUESTION, max_tokens=4, temperature=0.0, deadline_s=ANSWER_DEADLINE_S)
+    finally:
+        await client.aclose()
+    assert failure.value.kind == "unavailable"
+    assert "llm.host/llm.port" in str(failure.value)
+    assert time.perf_counter() - started < 1.0
+
+
+def _disconnects_logged(server: LlmServer) -> int:
+    return server.log().count("Disconnected from client")
+
+
+async def test_leaving_the_stream_early_stops_generation_and_frees_the_server(
+    llm_server: LlmServer, llm_client: LlmClient
+) -> None:
+    before = _disconnects_logged(llm_server)
+    async with contextlib.aclosing(llm_client.stream_chat(
+            QUESTION, max_tokens=200, temperature=0.0, deadline_s=ANSWER_DEADLINE_S)) as deltas:
+        async for _ in deltas:
+            break
+    # The server notices the closed connection and stops generating (it logs the disconnect).
+    for _ in range(50):
+        if _disconnects_logged(llm_server) > before:
+            break
+        await asyncio.sleep(0.1)
+    assert _disconnects_logged(llm_server) > before
+    answer = await llm_client.complete_chat(QUESTION, max_tokens=6, temperature=0.0, deadline_s=ANSWER_DEADLINE_S)
+    assert answer
+
+
+async def test_cancelling_the_task_closes_the_stream(llm_server: LlmServer, llm_client: LlmClient) -> None:
+    first_delta = asyncio.Event()
+
+    async def consume() -> None:
+        async for _ in llm_client.stream_chat(QUESTION, max_tokens=200, temperature=0.0, deadline_s=ANSWER_DEADLINE_S):
+            first_delta.set()
+
+    before = _disconnects_logged(llm_server)
+    task = asyncio.create_task(consume())
+    await asyncio.wait_for(first_delta.wait(), ANSWER_DEADLINE_S)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for _ in range(50):
+        if _disconnects_logged(llm_server) > before:
+            break
+        await asyncio.sleep(0.1)
+    assert _disconnects_logged(llm_server) > before
+    assert await llm_client.complete_chat(QUESTION, max_tokens=4, temperature=0.0, deadline_s=ANSWER_DEADLINE_S)
+
+
+async def test_prompt_longer_than_the_context_is_a_context_overflow(
+    llm_server: LlmServer, llm_client: LlmClient
+) -> None:
+    words = llm_server.settings.llm.context_tokens * 2  # "word " is at least one token each
+    too_long = [{"role": "user", "content": "word " * words}]
+    started = time.perf_counter()
+    with pytest.raises(LlmFailure) as failure:
+        await llm_client.complete_chat(too_long, max_tokens=4, temperature=0.0, deadline_s=ANSWER_DEADLINE_S)
+    assert failure.value.kind == "context_overflow"
+    assert f"context window of {llm_server.settings.llm.context_tokens} tokens" in str(failure.value)
+    assert "llm.context_tokens" in str(failure.value)
+    assert "word word" not in str(failure.value)  # never the caller's text
+    assert time.perf_counter() - started < 10.0
+    # The server is still serving afterwards.
+    assert await llm_client.complete_chat(QUESTION, max_tokens=4, temperature=0.0, deadline_s=ANSWER_DEADLINE_S)
+
+
+async def test_concurrent_answers_queue_instead_of_cutting_each_other_off(llm_client: LlmClient) -> None:
+    # llama-cpp-python's default (--interrupt_requests true) would end the first answer when the second
+    # request arrives; the launch profile turns that off, so both callers get a finished answer.
+    first, second = await asyncio.gather(*(
+        llm_client.complete_chat(QUESTION, max_tokens=8, temperature=0.0, deadline_s=ANSWER_DEADLINE_S)
+        for _ in range(2)
+    ))
+    assert first and second

@@ -1,0 +1,158 @@
+"""The model registry: manifests, offline resolution, checksum verification, operator-provided models."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from models import (
+    MANIFEST_DIR,
+    ModelError,
+    list_manifests,
+    load_manifest,
+    resolve_model,
+    verify_folder,
+)
+from services.kit.config import PROFILES, load_settings
+from services.llm.launch_profiles import server_command, vllm_command
+
+README = MANIFEST_DIR.parent / "README.md"
+ROLES = {"asr", "tts", "llm", "embeddings"}
+SOURCE_KINDS = {"python-package", "assembled-package", "operator-files"}
+SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _write_sha256sums(folder: Path) -> None:
+    """What the operator runs on the trusted machine (models/README.md), with the real tool."""
+    subprocess.run("sha256sum * > SHA256SUMS", shell=True, cwd=folder, check=True)
+
+
+def _operator_mistral_folder(models_dir: Path) -> Path:
+    folder = models_dir / "mistral-7b-instruct"
+    folder.mkdir(parents=True)
+    # Stand-ins with Mistral's native file names: only names and checksums matter to what is tested.
+    (folder / "params.json").write_text('{"dim": 4096, "n_layers": 32}')
+    (folder / "consolidated.safetensors").write_bytes(os.urandom(4096))
+    (folder / "tokenizer.model.v3").write_bytes(os.urandom(512))
+    return folder
+
+
+def test_every_manifest_is_complete_and_documented() -> None:
+    manifests = list_manifests()
+    assert {m.name for m in manifests} == {p.stem for p in MANIFEST_DIR.glob("*.yaml")}
+    readme = README.read_text()
+    for manifest in manifests:
+        assert manifest.role in ROLES, manifest.name
+        assert manifest.licence.strip(), manifest.name
+        assert manifest.profiles and set(manifest.profiles) <= set(PROFILES), manifest.name
+        assert manifest.source["kind"] in SOURCE_KINDS, manifest.name
+        if manifest.source["kind"] == "operator-files":
+            assert manifest.files == "operator-sha256sums", manifest.name
+        else:
+            assert manifest.files and all(SHA256.fullmatch(d) for d in manifest.files.values()), manifest.name
+        assert f"`{manifest.name}`" in readme, f"models/README.md does not list {manifest.name}"
+
+
+def test_every_configured_model_has_a_manifest_for_its_profile() -> None:
+    for profile in PROFILES:
+        settings = load_settings(profile=profile)
+        for name in (settings.asr.model, settings.tts.voice, settings.knowledge.embedding_model, settings.llm.model):
+            assert profile in load_manifest(name).profiles, f"{name} is configured for {profile}"
+
+
+def test_the_cpu_profile_models_resolve_and_verify_offline(state_dir: Path) -> None:
+    assert os.environ.get("HF_HUB_OFFLINE") == "1"
+    settings = load_settings(profile="cpu")
+    names = {settings.asr.model, settings.tts.voice, settings.knowledge.embedding_model, settings.llm.model}
+    assert names == {m.name for m in list_manifests() if "cpu" in m.profiles}
+    for name in sorted(names):
+        resolved = resolve_model(name, state_dir)
+        assert resolved.path.exists(), name
+        folder = resolved.path if resolved.path.is_dir() else resolved.path.parent
+        for file_name in resolved.manifest.files:
+            assert (folder / file_name).is_file(), f"{name}: {file_name}"
+
+
+def test_a_corrupted_copy_is_detected_naming_the_file(tmp_path: Path) -> None:
+    original = resolve_model("whisper-tiny-en").path
+    copy = tmp_path / "whisper-tiny-en"
+    shutil.copytree(original, copy)
+    verify_folder("whisper-tiny-en", copy, state_dir=tmp_path)  # intact: passes, and is remembered
+
+    config = copy / "config.json"
+    data = bytearray(config.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    config.write_bytes(data)
+    # Neither a fresh check nor the remembered one (size and mtime changed) may accept it.
+    for state in (None, tmp_path):
+        with pytest.raises(ModelError, match=r"config\.json has sha256 [0-9a-f]{64}, expected") as error:
+            verify_folder(load_manifest("whisper-tiny-en"), copy, state_dir=state)
+        assert "reinstall" in str(error.value)
+
+
+def test_a_missing_file_is_named(tmp_path: Path) -> None:
+    copy = tmp_path / "whisper-tiny-en"
+    shutil.copytree(resolve_model("whisper-tiny-en").path, copy)
+    (copy / "vocabulary.txt").unlink()
+    with pytest.raises(ModelError, match=r"vocabulary\.txt is missing"):
+        verify_folder("whisper-tiny-en", copy)
+
+
+def test_operator_model_without_its_folder_names_quietline_models_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("QUIETLINE_MODELS_DIR", str(tmp_path / "models"))
+    with pytest.raises(ModelError, match="QUIETLINE_MODELS_DIR") as error:
+        resolve_model("mistral-7b-instruct", tmp_path / "state")
+    assert str(tmp_path / "models" / "mistral-7b-instruct") in str(error.value)
+
+
+def test_operator_model_without_sha256sums_says_how_to_make_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _operator_mistral_folder(tmp_path / "models")
+    monkeypatch.setenv("QUIETLINE_MODELS_DIR", str(tmp_path / "models"))
+    with pytest.raises(ModelError, match=r"SHA256SUMS is missing.*sha256sum \* > SHA256SUMS"):
+        resolve_model("mistral-7b-instruct")
+
+
+def test_gpu_profile_resolves_operator_files_and_builds_the_vllm_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = _operator_mistral_folder(tmp_path / "models")
+    _write_sha256sums(folder)
+    _write_sha256sums(folder)  # a re-run lists SHA256SUMS itself; that entry must not fail verification
+    monkeypatch.setenv("QUIETLINE_MODELS_DIR", str(tmp_path / "models"))
+    settings = load_settings(profile="gpu")
+    resolved = resolve_model(settings.llm.model, tmp_path / "state")
+    assert resolved.path == folder
+
+    argv = server_command(settings, resolved.path, python="/opt/venv/bin/python")
+    assert argv[:5] == ["/opt/venv/bin/python", "-m", "vllm.entrypoints.cli.main", "serve", str(folder)]
+    options = dict(zip(argv[5::2], argv[6::2]))
+    assert options["--served-model-name"] == "mistral-7b-instruct" == settings.llm.model
+    assert options["--host"] == "127.0.0.1"
+    assert options["--port"] == str(settings.llm.port)
+    assert options["--max-model-len"] == str(settings.llm.context_tokens) == "8192"
+    assert "--enable-prefix-caching" in argv
+    assert argv[argv.index("--tokenizer-mode") + 1] == "mistral"
+    assert argv[argv.index("--load-format") + 1] == "mistral"
+    assert not any("log-requests" in part for part in argv)  # prompts never logged
+
+    # A file changed after the operator's checksums were taken is refused, by name.
+    (folder / "params.json").write_text('{"dim": 1}')
+    with pytest.raises(ModelError, match=r"params\.json has sha256"):
+        resolve_model(settings.llm.model, tmp_path / "state")
+
+
+def test_hugging_face_layout_keeps_vllm_defaults_for_config_and_weights(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "tokenizer.model.v3").write_bytes(b"x")
+    argv = vllm_command(load_settings(profile="gpu"), tmp_path)
+    assert argv[argv.index("--tokenizer-mode") + 1] == "mistral"
+    assert "--load-format" not in argv and "--config-format" not in argv
