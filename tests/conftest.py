@@ -7,8 +7,10 @@ same entry point `quietline up` uses and talks to it over gRPC.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -39,9 +41,22 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+def appliance_state_dir(prefix: str) -> Path:
+    """A state directory the embedded PostgreSQL (which runs as its own system user) can always reach.
+
+    pytest's own temp root is reset to mode 0700 whenever another pytest session starts, which would
+    cut the database off from its data directory, so state lives in a world-traversable temp folder.
+    """
+    path = Path(tempfile.mkdtemp(prefix=f"quietline-{prefix}-"))
+    path.chmod(0o755)
+    return path
+
+
 @pytest.fixture(scope="session")
-def state_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("state")
+def state_dir() -> Path:
+    path = appliance_state_dir("test")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

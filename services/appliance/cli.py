@@ -123,6 +123,7 @@ async def synthesize_demo_question(settings: QuietLineSettings, text: str = DEMO
 
 
 def command_call(args) -> int:
+    _quiet_pipecat_logs()
     from services.gateway.call_pipeline import CallTimeoutError, run_recorded_call, write_reply
     from services.kit.audio import read_recording
 
@@ -134,7 +135,6 @@ def command_call(args) -> int:
     # Read the recording before touching the services, so bad input is reported as such.
     caller_audio = read_recording(args.audio, rate) if args.audio else None
     _require_services(settings, ("asr", "tts", "dialog"))
-    _quiet_pipecat_logs()
 
     async def place_call():
         audio = caller_audio if caller_audio is not None else await synthesize_demo_question(settings)

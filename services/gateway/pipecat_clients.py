@@ -25,6 +25,7 @@ from pipecat.frames.frames import (
     VADUserStoppedSpeakingFrame,
 )
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+from pipecat.services.settings import STTSettings, TTSSettings
 from pipecat.services.stt_service import STTService
 from pipecat.services.tts_service import TTSService
 from pipecat.utils.time import time_now_iso8601
@@ -44,7 +45,8 @@ class QuietLineSTTService(STTService):
 
     def __init__(self, *, channel: grpc.aio.Channel, timeline: CallTimeline, language: str = "en",
                  call_deadline_s: float = 3600.0, **kwargs):
-        super().__init__(**kwargs)
+        # Model and language are the asr service's business, not this client's.
+        super().__init__(settings=STTSettings(model=None, language=None), ttfs_p99_latency=1.0, **kwargs)
         self._stub = asr_pb2_grpc.AsrStub(channel)
         self._timeline = timeline
         self._language = language
@@ -197,7 +199,10 @@ class QuietLineTTSService(TTSService):
 
     def __init__(self, *, channel: grpc.aio.Channel, call_id: str, voice: str = "", chunk_ms: int = 20,
                  sentence_deadline_s: float = 30.0, **kwargs):
-        super().__init__(push_start_frame=True, push_stop_frames=True, **kwargs)
+        # Piper returns a sentence's audio once the sentence is synthesised; on a busy CPU that can take
+        # seconds, so Pipecat must not declare the sentence silent after its default 3 s.
+        super().__init__(push_start_frame=True, push_stop_frames=True, stop_frame_timeout_s=sentence_deadline_s,
+                         settings=TTSSettings(model=None, voice=voice or None, language=None), **kwargs)
         self._stub = tts_pb2_grpc.TtsStub(channel)
         self._call_id = call_id
         self._voice = voice

@@ -1,0 +1,126 @@
+"""Call benchmark: N real recorded callers through the whole appliance, per-stage latency percentiles.
+
+Starts its own appliance (own state directory and ports), ingests the shared bank knowledge base,
+then places calls with the English recordings in ../shared/data/speech through the same Pipecat
+pipeline `quietline call` uses, in real time. Prints JSON and writes it to --out.
+
+    python benchmarks/bench_call.py --calls 8 --out benchmarks/results/call.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+BENCH_PORT_BASE = 55460
+STAGES = ("asr_final", "dialog_first_say", "tts_first_audio", "turn_total")
+
+
+def percentiles(values: list[float]) -> dict:
+    if not values:
+        return {"n": 0}
+    array = np.asarray(values)
+    return {"n": len(values), "p50": round(float(np.percentile(array, 50)), 1),
+            "p95": round(float(np.percentile(array, 95)), 1), "max": round(float(array.max()), 1)}
+
+
+def english_recordings(limit: int) -> list[dict]:
+    manifest = SHARED_DATA / "speech" / "manifest.jsonl"
+    entries = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+    return [e for e in entries if e["lang"] == "en"][:limit]
+
+
+async def run_benchmark(calls: int) -> dict:
+    from services.appliance.port_plan import config_with_ports, write_config
+    from services.appliance.supervisor import Supervisor
+    from services.asr.scoring import word_error_rate
+    from services.gateway.call_pipeline import run_recorded_call
+    from services.kit.audio import read_recording
+    from services.kit.config import load_settings
+    from services.knowledge.client import ingest_documents
+    from services.knowledge.documents import read_document_folder
+
+    state = Path(tempfile.mkdtemp(prefix="quietline-bench-"))
+    config = write_config(state / "quietline.yaml", config_with_ports(state, BENCH_PORT_BASE))
+    settings = load_settings(config)
+    supervisor = Supervisor(settings, config)
+    started = time.perf_counter()
+    await asyncio.to_thread(supervisor.up)
+    startup_s = time.perf_counter() - started
+    try:
+        documents = list(read_document_folder(SHARED_DATA / "kb" / "banking" / "documents"))
+        started = time.perf_counter()
+        await ingest_documents(settings.knowledge.endpoint.target, documents)
+        ingest_s = time.perf_counter() - started
+        rows = []
+        for entry in english_recordings(calls):
+            audio = read_recording(SHARED_DATA / entry["audio"], settings.gateway.pipeline_sample_rate_hz)
+            # A caller waits a moment on the line after speaking.
+            result = await run_recorded_call(settings, audio)
+            heard = " ".join(turn["caller_text"] for turn in result.turns)
+            first = result.turns[0] if result.turns else {}
+            rows.append({
+                "audio": entry["audio"],
+                "duration_s": round(len(audio) / settings.gateway.pipeline_sample_rate_hz, 2),
+                "turns": len(result.turns),
+                "wer": round(word_error_rate(entry["reference"], heard), 3),
+                "route": first.get("route"),
+                "cited": bool(first.get("citations")),
+                "latency_ms": first.get("latency_ms", {}),
+            })
+    finally:
+        await asyncio.to_thread(supervisor.down)
+    latencies = {stage: percentiles([r["latency_ms"][stage] for r in rows
+                                     if r["latency_ms"].get(stage) is not None]) for stage in STAGES}
+    return {
+        "benchmark": "call",
+        "profile": settings.profile,
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0]},
+        "calls": len(rows),
+        "answered_with_citation": sum(r["cited"] for r in rows),
+        "latency_ms_from_end_of_speech": latencies,
+        "wer_mean": round(float(np.mean([r["wer"] for r in rows])), 3) if rows else None,
+        "routes": {route: sum(r["route"] == route for r in rows) for route in {r["route"] for r in rows}},
+        "startup_s": round(startup_s, 1),
+        "kb_ingest_s": round(ingest_s, 1),
+        "kb_documents": len(documents),
+        "per_call": rows,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=8)
+    parser.add_argument("--out", default=str(REPO_ROOT / "benchmarks" / "results" / "call.json"))
+    args = parser.parse_args()
+    if not SHARED_DATA.is_dir():
+        print(f"bench-call: shared data not found at {SHARED_DATA}: clone the repo beside ../shared", file=sys.stderr)
+        return 2
+    from services.kit.offline import enforce_offline
+
+    enforce_offline()
+    from loguru import logger
+
+    logger.remove()
+    logger.add(sys.stderr, level="WARNING")
+    report = asyncio.run(run_benchmark(args.calls))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
