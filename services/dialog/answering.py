@@ -47,8 +47,6 @@ CANNOT_LOOK_UP_PROMPT = (
 SEND_MARGIN_S = 0.05
 # Below this much time an LLM answer cannot arrive; the extractive answer is spoken at once.
 MIN_LLM_BUDGET_S = 0.25
-# Words of each passage put in the prompt: a compact prompt keeps prefill fast on CPU.
-PROMPT_PASSAGE_WORDS = 120
 # Extractive candidates shorter than this are headings or fragments, not answers.
 MIN_EXTRACT_WORDS = 4
 
@@ -286,12 +284,16 @@ def extractive_answer(
     return None
 
 
-def build_prompt(question: str, passages: Sequence[knowledge_pb2.Passage]) -> list[dict]:
-    """The chat messages for one answer: fixed instructions first, then numbered passages, then the question."""
+def build_prompt(question: str, passages: Sequence[knowledge_pb2.Passage], passage_words: int = 120) -> list[dict]:
+    """The chat messages for one answer: fixed instructions first, then numbered passages, then the question.
+
+    Each passage is cut to `passage_words` words: prefill time grows with the prompt, and on CPU it is
+    most of the time to the first token.
+    """
     blocks = []
     for number, passage in enumerate(passages, start=1):
         heading = _passage_heading(passage)
-        words = " ".join(strip_markup(passage.text)).split()[:PROMPT_PASSAGE_WORDS]
+        words = " ".join(strip_markup(passage.text)).split()[:passage_words]
         blocks.append(f"[{number}] {heading}\n{' '.join(words)}")
     content = f"{PROMPT_INSTRUCTIONS}\n\nPassages:\n" + "\n\n".join(blocks) + f"\n\nQuestion: {question}\nAnswer:"
     return [{"role": "user", "content": content}]
@@ -476,9 +478,10 @@ class TurnAnswerer:
         "timeout" when the whole answer is not done within `deadline_s`). Closing this iterator closes
         the LLM stream, so the server stops generating.
         """
-        llm = self.settings.llm
+        llm, dialog = self.settings.llm, self.settings.dialog
+        prompt = build_prompt(question, passages[:dialog.prompt_passages], dialog.prompt_passage_words)
         deltas = self.llm.stream_chat(
-            build_prompt(question, passages), max_tokens=llm.max_tokens, temperature=llm.temperature,
+            prompt, max_tokens=llm.max_tokens, temperature=llm.temperature,
             deadline_s=deadline_s, stop=PROMPT_STOP_SEQUENCES,
         )
         pending = ""

@@ -112,6 +112,9 @@ class DialogSettings(_Section):
     # A generated sentence is spoken only when this share of its content words occurs in the passages.
     grounding_min_overlap: float = Field(default=0.6, ge=0.0, le=1.0)
     max_answer_sentences: int = Field(default=2, ge=1)
+    # How much retrieved text goes into the LLM prompt (prefill dominates time to first token on CPU).
+    prompt_passages: int = Field(default=4, ge=1, le=20)
+    prompt_passage_words: int = Field(default=120, ge=10, le=1000)
     # Longest wait for one knowledge search; past it the turn is handed to a colleague.
     search_timeout_s: float = Field(default=2.0, gt=0)
     # Where a turn the bot cannot answer is transferred (a queue name or SIP URI the gateway knows).
