@@ -164,7 +164,8 @@ class Supervisor:
             return None
         return pid
 
-    def _child_environment(self, dsn: str) -> dict[str, str]:
+    def child_environment(self, dsn: str) -> dict[str, str]:
+        """The environment every service starts with: offline switches, state dir and database DSN."""
         env = dict(os.environ)
         env.update(OFFLINE_ENVIRONMENT)
         env["QUIETLINE_STATE_DIR"] = str(self.state_dir)
@@ -222,7 +223,7 @@ class Supervisor:
             if not dsn:
                 started_database = self.database.dsn_if_running() is None
                 dsn = self.database.start()
-            env = self._child_environment(dsn)
+            env = self.child_environment(dsn)
             # Everything but dialog loads its models in parallel; dialog needs knowledge and the LLM.
             first, last = self.entries[:-1], self.entries[-1:]
             for wave in (first, last):
