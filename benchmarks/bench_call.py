@@ -1,8 +1,13 @@
-"""Call benchmark: N real recorded callers through the whole appliance, per-stage latency percentiles.
+"""Call benchmark: callers through the whole appliance, per-stage latency percentiles.
 
 Starts its own appliance (own state directory and ports), ingests the shared bank knowledge base,
-then places calls with the English recordings in ../shared/data/speech through the same Pipecat
-pipeline `quietline call` uses, in real time. Prints JSON and writes it to --out.
+then places calls through the same Pipecat pipeline `quietline call` uses, in real time, with two
+kinds of caller, reported apart:
+- `recordings`: the real English recordings in ../shared/data/speech (people reading books and
+  card names: they measure recognition and the "I cannot help with that" path);
+- `bank_questions`: questions this project wrote about its sample bank, spoken by the tts service
+  at the demo caller's rate (they measure the answering path: retrieval, LLM, fallback).
+Prints JSON and writes it to --out.
 
     python benchmarks/bench_call.py --calls 8 --out benchmarks/results/call.json
 """
@@ -14,6 +19,7 @@ import asyncio
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -25,6 +31,14 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 BENCH_PORT_BASE = 55460
 STAGES = ("asr_final", "dialog_first_say", "tts_first_audio", "turn_total")
+BANK_QUESTIONS = (
+    "Hello, I think I lost my debit card yesterday. What should I do now?",
+    "What time does the branch open on Saturday?",
+    "How much does it cost to send money abroad?",
+    "Can I take a break from my mortgage payments?",
+    "What do I need to bring to open an account?",
+    "Someone sent me a text message asking for my PIN. Is that really you?",
+)
 
 
 def percentiles(values: list[float]) -> dict:
@@ -42,6 +56,7 @@ def english_recordings(limit: int) -> list[dict]:
 
 
 async def run_benchmark(calls: int) -> dict:
+    from services.appliance.cli import synthesize_demo_question
     from services.appliance.port_plan import config_with_ports, write_config
     from services.appliance.supervisor import Supervisor
     from services.asr.scoring import word_error_rate
@@ -52,6 +67,7 @@ async def run_benchmark(calls: int) -> dict:
     from services.knowledge.documents import read_document_folder
 
     state = Path(tempfile.mkdtemp(prefix="quietline-bench-"))
+    state.chmod(0o755)  # the embedded PostgreSQL runs as its own system user
     config = write_config(state / "quietline.yaml", config_with_ports(state, BENCH_PORT_BASE))
     settings = load_settings(config)
     supervisor = Supervisor(settings, config)
@@ -63,45 +79,60 @@ async def run_benchmark(calls: int) -> dict:
         started = time.perf_counter()
         await ingest_documents(settings.knowledge.endpoint.target, documents)
         ingest_s = time.perf_counter() - started
+        rate = settings.gateway.pipeline_sample_rate_hz
+        callers = [(entry["audio"], entry["reference"], read_recording(SHARED_DATA / entry["audio"], rate), "recordings")
+                   for entry in english_recordings(calls)]
+        for question in BANK_QUESTIONS[:calls]:
+            callers.append((question, question, await synthesize_demo_question(settings, question), "bank_questions"))
         rows = []
-        for entry in english_recordings(calls):
-            audio = read_recording(SHARED_DATA / entry["audio"], settings.gateway.pipeline_sample_rate_hz)
-            # A caller waits a moment on the line after speaking.
+        for name, reference, audio, kind in callers:
             result = await run_recorded_call(settings, audio)
             heard = " ".join(turn["caller_text"] for turn in result.turns)
             first = result.turns[0] if result.turns else {}
             rows.append({
-                "audio": entry["audio"],
-                "duration_s": round(len(audio) / settings.gateway.pipeline_sample_rate_hz, 2),
+                "kind": kind,
+                "caller": name,
+                "duration_s": round(len(audio) / rate, 2),
                 "turns": len(result.turns),
-                "wer": round(word_error_rate(entry["reference"], heard), 3),
+                "wer": round(word_error_rate(reference, heard), 3),
                 "route": first.get("route"),
+                "route_reason": first.get("route_reason"),
                 "cited": bool(first.get("citations")),
                 "latency_ms": first.get("latency_ms", {}),
             })
     finally:
         await asyncio.to_thread(supervisor.down)
-    latencies = {stage: percentiles([r["latency_ms"][stage] for r in rows
-                                     if r["latency_ms"].get(stage) is not None]) for stage in STAGES}
+        shutil.rmtree(state, ignore_errors=True)
     return {
         "benchmark": "call",
         "profile": settings.profile,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0]},
-        "calls": len(rows),
-        "answered_with_citation": sum(r["cited"] for r in rows),
-        "latency_ms_from_end_of_speech": latencies,
-        "wer_mean": round(float(np.mean([r["wer"] for r in rows])), 3) if rows else None,
-        "routes": {route: sum(r["route"] == route for r in rows) for route in {r["route"] for r in rows}},
+        "latency_definition": "ms from the end of the caller's speech (VAD stop minus its stop window) to: "
+                              "final transcript, first sentence from dialog, first bot audio out, last bot audio out",
         "startup_s": round(startup_s, 1),
         "kb_ingest_s": round(ingest_s, 1),
         "kb_documents": len(documents),
+        **{kind: summarise([r for r in rows if r["kind"] == kind]) for kind in ("recordings", "bank_questions")},
         "per_call": rows,
+    }
+
+
+def summarise(rows: list[dict]) -> dict:
+    return {
+        "calls": len(rows),
+        "answered_with_citation": sum(r["cited"] for r in rows),
+        "routes": {route: sum(r["route"] == route for r in rows) for route in sorted({str(r["route"]) for r in rows})},
+        "wer_mean": round(float(np.mean([r["wer"] for r in rows])), 3) if rows else None,
+        "latency_ms_from_end_of_speech": {
+            stage: percentiles([r["latency_ms"][stage] for r in rows if r["latency_ms"].get(stage) is not None])
+            for stage in STAGES
+        },
     }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calls", type=int, default=8)
+    parser.add_argument("--calls", type=int, default=8, help="callers of each kind (at most 6 bank questions)")
     parser.add_argument("--out", default=str(REPO_ROOT / "benchmarks" / "results" / "call.json"))
     args = parser.parse_args()
     if not SHARED_DATA.is_dir():

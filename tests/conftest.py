@@ -6,8 +6,10 @@ same entry point `quietline up` uses and talks to it over gRPC.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -15,10 +17,10 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from services.appliance.port_plan import config_with_ports, write_config  # noqa: F401 (re-exported)
 from services.appliance.supervisor import EmbeddedDatabase, ServiceEntry, check_health
+from services.kit.config import load_settings
 from services.kit.offline import OFFLINE_ENVIRONMENT, enforce_offline
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -75,15 +77,22 @@ def database_dsn(state_dir: Path):
 
 
 class ServiceProcess:
-    """A service started the way `quietline up` starts it, for one test module or session."""
+    """A service started the way `quietline up` starts it (own process group), for a module or session."""
 
-    def __init__(self, name: str, config_file: Path, env: dict[str, str], port: int, metrics_port: int) -> None:
+    def __init__(self, name: str, config_file: Path, env: dict[str, str]) -> None:
         self.name = name
-        self.entry = ServiceEntry(name, "grpc", "127.0.0.1", port, metrics_port)
+        self.settings = load_settings(config_file)
+        if name == "llm":
+            # The LLM server speaks HTTP (OpenAI-compatible), not gRPC.
+            self.entry = ServiceEntry(name, "http", self.settings.llm.host, self.settings.llm.port, None)
+        else:
+            endpoint = getattr(self.settings, name).endpoint
+            self.entry = ServiceEntry(name, "grpc", endpoint.host, endpoint.port, endpoint.metrics_port)
         self.log_path = config_file.parent / f"{name}.test.log"
         self.process = subprocess.Popen(
             [sys.executable, "-m", f"services.{name}", "--config", str(config_file)],
             stdout=self.log_path.open("wb"), stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT,
+            start_new_session=True,
         )
 
     @property
@@ -94,18 +103,21 @@ class ServiceProcess:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.log_path.read_text()}")
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.log()}")
             if check_health(self.entry, timeout_s=1.0):
                 return
             time.sleep(0.2)
-        raise TimeoutError(f"{self.name} not healthy after {timeout_s} s:\n{self.log_path.read_text()}")
+        raise TimeoutError(f"{self.name} not healthy after {timeout_s} s:\n{self.log()}")
 
     def stop(self) -> int:
-        self.process.terminate()
+        """SIGTERM the process group (graceful shutdown); SIGKILL it after 20 s. Returns the exit code."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
         try:
             return self.process.wait(timeout=20)
         except subprocess.TimeoutExpired:
-            self.process.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
             return self.process.wait()
 
     def log(self) -> str:
@@ -113,11 +125,9 @@ class ServiceProcess:
 
 
 def start_service(name: str, config_file: Path, extra_env: dict[str, str] | None = None) -> ServiceProcess:
-    """Start `services.<name>` with `config_file` and wait until it reports healthy."""
-    config = yaml.safe_load(config_file.read_text())
+    """Start `services.<name>` (`llm` included) with `config_file` and wait until it reports healthy."""
     env = {**os.environ, **OFFLINE_ENVIRONMENT, **(extra_env or {})}
-    endpoint = config[name]["endpoint"]
-    service = ServiceProcess(name, config_file, env, endpoint["port"], endpoint["metrics_port"])
+    service = ServiceProcess(name, config_file, env)
     try:
         service.wait_healthy()
     except BaseException:

@@ -23,8 +23,6 @@ from services.knowledge.documents import read_document_folder
 
 pytestmark = pytest.mark.stack
 
-# A real recording of a person (CMU AN4/LibriVox/LJSpeech), as a caller's turn.
-CALLER_CLIP_MAX_S = 8.0
 
 
 def quietline(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -40,7 +38,10 @@ def stack(shared_data):
     supervisor = Supervisor(settings, config)
     try:
         supervisor.up()
-        documents = list(read_document_folder(shared_data / "kb" / "banking" / "documents"))
+        museum = state / "museum"
+        museum.mkdir()
+        (museum / "printing-museum.md").write_text(MUSEUM_PAGE)
+        documents = [*read_document_folder(shared_data / "kb" / "banking" / "documents"), *read_document_folder(museum)]
         report = asyncio.run(ingest_documents(settings.knowledge.endpoint.target, documents))
         assert report.documents_added + report.documents_updated + report.documents_unchanged == len(documents)
         yield config, settings
@@ -49,13 +50,22 @@ def stack(shared_data):
         shutil.rmtree(state, ignore_errors=True)
 
 
-def english_clip(shared_data: Path) -> dict:
+# The caller: a real person reading LJ001-0009 ("Printing, then, for our purpose, may be considered as
+# the art of making books by means of movable types."), and a knowledge-base page, written for this
+# test, that answers it. The page is ingested beside the shared bank documents.
+CALLER_CLIP = "LJ001-0009"
+MUSEUM_PAGE = """# Harbor Trust printing museum
+
+The Harbor Trust printing museum in the old head office shows the art of making books by means of
+movable types. Visitors see a working press with movable metal type like the one Gutenberg used for
+his Bible around fourteen fifty-five. The museum is open on Saturdays from ten until four, and entry
+is free for customers.
+"""
+
+
+def caller_clip(shared_data: Path) -> dict:
     entries = [json.loads(line) for line in (shared_data / "speech" / "manifest.jsonl").read_text().splitlines()]
-    for entry in entries:
-        info = soundfile.info(shared_data / entry["audio"])
-        if entry["lang"] == "en" and 3.0 < info.duration < CALLER_CLIP_MAX_S and "ljspeech" in entry["audio"].lower():
-            return entry
-    raise AssertionError("no English clip of a usable length in the shared speech manifest")
+    return next(entry for entry in entries if CALLER_CLIP in entry["audio"])
 
 
 def test_status_reports_every_service_healthy(stack):
@@ -76,7 +86,7 @@ def test_up_again_is_idempotent(stack):
 
 def test_a_recorded_caller_gets_a_cited_spoken_answer(stack, shared_data, tmp_path):
     config, _ = stack
-    clip = english_clip(shared_data)
+    clip = caller_clip(shared_data)
     reply = tmp_path / "reply.wav"
     result = quietline("call", str(shared_data / clip["audio"]), "--json", "--out", str(reply), "--config", str(config))
     assert result.returncode == 0, result.stderr
@@ -86,8 +96,8 @@ def test_a_recorded_caller_gets_a_cited_spoken_answer(stack, shared_data, tmp_pa
     assert word_error_rate(clip["reference"], heard) < 0.35, (clip["reference"], heard)
     first = call["turns"][0]
     assert first["bot_text"].strip()
-    assert first["citations"] and all(c["document_id"] and c["title"] for c in first["citations"])
-    assert first["route"] in {"llm", "faq", "fallback"}
+    assert first["route"] in {"llm", "faq"}, first
+    assert [c["document_id"] for c in first["citations"]] == ["printing-museum"], first
     latency = first["latency_ms"]
     assert all(latency[k] is not None and latency[k] > 0 for k in ("asr_final", "dialog_first_say", "tts_first_audio"))
     assert latency["asr_final"] <= latency["dialog_first_say"] <= latency["tts_first_audio"] <= latency["turn_total"]

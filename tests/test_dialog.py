@@ -6,11 +6,8 @@ extractive selection) are tested on handwritten passages.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import socket
-import subprocess
-import sys
 import time
 
 import grpc
@@ -28,11 +25,9 @@ from services.dialog.answering import (
     passage_sentences,
 )
 from services.kit.channels import open_channel
-from services.kit.offline import OFFLINE_ENVIRONMENT
 
 SAMPLE_KB = REPO_ROOT / "services" / "knowledge" / "sample_kb"
 LOST_CARD_QUESTION = "I lost my debit card, what should I do?"
-LLM_START_TIMEOUT_S = 120.0
 
 
 def free_port() -> int:
@@ -67,35 +62,9 @@ def knowledge_service(dialog_config, database_dsn):
 @pytest.fixture(scope="module")
 def llm_server(dialog_config):
     """The real LLM server (`python -m services.llm`), ready when /v1/models answers 200."""
-    port = yaml.safe_load(dialog_config.read_text())["llm"]["port"]
-    log_path = dialog_config.parent / "llm.dialog-test.log"
-
-    process = subprocess.Popen(
-        [sys.executable, "-m", "services.llm", "--config", str(dialog_config)],
-        stdout=log_path.open("wb"), stderr=subprocess.STDOUT, cwd=REPO_ROOT,
-        env={**os.environ, **OFFLINE_ENVIRONMENT},
-    )
-    deadline = time.monotonic() + LLM_START_TIMEOUT_S
-    try:
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"llm exited with {process.returncode}:\n{log_path.read_text(errors='replace')}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=1.0).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"llm not ready after {LLM_START_TIMEOUT_S} s:\n{log_path.read_text(errors='replace')}")
-            time.sleep(0.3)
-        yield process
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    server = start_service("llm", dialog_config)
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import importlib.util
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -21,13 +20,12 @@ import httpx
 import pytest
 import yaml
 
+from conftest import REPO_ROOT, ServiceProcess, start_service
 from services.kit.config import ConfigError, load_settings
 from services.kit.offline import OFFLINE_ENVIRONMENT
 from services.llm.client import LlmClient, LlmFailure, merge_system_messages
 from services.llm.launch_profiles import llama_cpp_command, llama_cpp_environment, server_command
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-STARTUP_TIMEOUT_S = 120.0
 # Generous: the test machine has two cores shared with other test runs.
 ANSWER_DEADLINE_S = 30.0
 QUESTION = [
@@ -44,57 +42,15 @@ def _launcher(config_file: Path, *extra: str, env: dict[str, str] | None = None)
     )
 
 
-class LlmServer:
-    """The llm service process, as the supervisor starts it (its own process group)."""
-
-    def __init__(self, config_file: Path) -> None:
-        self.settings = load_settings(config_file)
-        self.log_path = config_file.parent / "llm.test.log"
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "services.llm", "--config", str(config_file)],
-            stdout=self.log_path.open("wb"), stderr=subprocess.STDOUT, cwd=REPO_ROOT,
-            env={**os.environ, **OFFLINE_ENVIRONMENT}, start_new_session=True,
-        )
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_ready(self) -> None:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"llm exited with {self.process.returncode}:\n{self.log()}")
-            try:
-                if httpx.get(f"{self.settings.llm.base_url}/models", timeout=1.0).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError(f"llm not ready after {STARTUP_TIMEOUT_S} s:\n{self.log()}")
-
-    def stop(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-
-
 @pytest.fixture(scope="module")
 def llm_server(service_config: Path):
-    server = LlmServer(service_config)
-    try:
-        server.wait_ready()
-        yield server
-    finally:
-        server.stop()
+    server = start_service("llm", service_config)
+    yield server
+    server.stop()
 
 
 @pytest.fixture
-async def llm_client(llm_server: LlmServer):
+async def llm_client(llm_server):
     client = LlmClient.from_settings(llm_server.settings.llm)
     yield client
     await client.aclose()
@@ -108,7 +64,7 @@ def _closed_port() -> int:
 
 # -- the launcher ---------------------------------------------------------------------------------
 
-def test_launcher_execs_the_server_itself_serving_the_configured_name(llm_server: LlmServer) -> None:
+def test_launcher_execs_the_server_itself_serving_the_configured_name(llm_server: ServiceProcess) -> None:
     # The pid the supervisor records must be the server, not a wrapper that would outlive a SIGTERM.
     cmdline = Path(f"/proc/{llm_server.process.pid}/cmdline").read_bytes().split(b"\0")
     assert b"llama_cpp.server" in cmdline
@@ -206,12 +162,12 @@ async def test_closed_port_is_unavailable_quickly() -> None:
     assert time.perf_counter() - started < 1.0
 
 
-def _disconnects_logged(server: LlmServer) -> int:
+def _disconnects_logged(server: ServiceProcess) -> int:
     return server.log().count("Disconnected from client")
 
 
 async def test_leaving_the_stream_early_stops_generation_and_frees_the_server(
-    llm_server: LlmServer, llm_client: LlmClient
+    llm_server: ServiceProcess, llm_client: LlmClient
 ) -> None:
     before = _disconnects_logged(llm_server)
     async with contextlib.aclosing(llm_client.stream_chat(
@@ -228,7 +184,7 @@ async def test_leaving_the_stream_early_stops_generation_and_frees_the_server(
     assert answer
 
 
-async def test_cancelling_the_task_closes_the_stream(llm_server: LlmServer, llm_client: LlmClient) -> None:
+async def test_cancelling_the_task_closes_the_stream(llm_server: ServiceProcess, llm_client: LlmClient) -> None:
     first_delta = asyncio.Event()
 
     async def consume() -> None:
@@ -250,7 +206,7 @@ async def test_cancelling_the_task_closes_the_stream(llm_server: LlmServer, llm_
 
 
 async def test_prompt_longer_than_the_context_is_a_context_overflow(
-    llm_server: LlmServer, llm_client: LlmClient
+    llm_server: ServiceProcess, llm_client: LlmClient
 ) -> None:
     words = llm_server.settings.llm.context_tokens * 2  # "word " is at least one token each
     too_long = [{"role": "user", "content": "word " * words}]
