@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -143,5 +144,20 @@ def test_failed_start_leaves_nothing_running():
         supervisor = Supervisor(load_settings(config_file), config_file)
         assert not any(row["pid"] or row["healthy"] for row in supervisor.status())
         assert not list((state / "run").glob("*.pid"))
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def test_up_refuses_a_busy_port_before_starting_anything():
+    state = appliance_state_dir("busy")
+    try:
+        with socket.socket() as holder:
+            holder.bind(("127.0.0.1", STACK_PORT_BASE + 902))  # the asr port of this config
+            holder.listen()
+            config_file = write_config(state / "busy.yaml", make_test_config(state, STACK_PORT_BASE + 901))
+            result = quietline("up", "--config", str(config_file))
+        assert result.returncode == 3
+        assert f"asr needs 127.0.0.1:{STACK_PORT_BASE + 902}" in result.stderr and "in use" in result.stderr
+        assert not (state / "postgres").exists() and not (state / "run").exists()
     finally:
         shutil.rmtree(state, ignore_errors=True)
