@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test proto bench-call down status clean-state
+.PHONY: setup run test proto bench-call bench-asr down status
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v cmake >/dev/null && command -v g++ >/dev/null || \
@@ -44,4 +44,7 @@ status: setup
 	$(QL) status
 
 bench-call: setup
-	$(PY) benchmarks/bench_call.py --out benchmarks/results/call.json
+	$(PY) benchmarks/call/bench_call.py --out benchmarks/results/call.json
+
+bench-asr: setup
+	$(PY) benchmarks/asr/bench_asr.py --out benchmarks/results/asr.json

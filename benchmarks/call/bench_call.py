@@ -9,7 +9,7 @@ kinds of caller, reported apart:
   at the demo caller's rate (they measure the answering path: retrieval, LLM, fallback).
 Prints JSON and writes it to --out.
 
-    python benchmarks/bench_call.py --calls 8 --out benchmarks/results/call.json
+    python benchmarks/call/bench_call.py --calls 8 --out benchmarks/results/call.json
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 BENCH_PORT_BASE = 55460
 STAGES = ("asr_final", "dialog_first_say", "tts_first_audio", "turn_total")
