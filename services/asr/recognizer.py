@@ -13,8 +13,7 @@ switches at import time, and `run_service` sets them only after the service modu
 from __future__ import annotations
 
 import logging
-import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +23,8 @@ from services.kit.config import AsrSettings
 
 if TYPE_CHECKING:
     from faster_whisper import WhisperModel
+
+    from services.asr.languages import StreamLanguage
 
 SAMPLE_RATE_HZ = 16000
 
@@ -49,6 +50,9 @@ class DecodeOptions:
     language: str | None
     initial_prompt: str | None = None
     hotwords: str | None = None
+    # With language None: the stream's own detection (services.asr.languages), run once and then fixed.
+    # Without one, faster-whisper detects again on every decode.
+    detection: StreamLanguage | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,8 @@ class RecognizedWord:
     start_s: float
     end_s: float
     probability: float
+    # Whether the text has a space before this word ("ill-disposed" is decoded as "ill" and "-disposed").
+    spaced: bool = True
 
 
 @dataclass(frozen=True)
@@ -138,10 +144,14 @@ class Recognizer:
             hotwords=" ".join(words) or None,
         )
 
-    def _transcribe(self, samples: np.ndarray, options: DecodeOptions, **kwargs: Any):
+    def _transcribe(self, samples: np.ndarray, options: DecodeOptions, final: bool = False, **kwargs: Any):
+        """Decode with faster-whisper; `final`: this decode ends an utterance (fixes a detected language)."""
+        language = options.language
+        if language is None and options.detection is not None:
+            language = options.detection.language_for(self.model, samples, final)
         segments, info = self.model.transcribe(
             samples,
-            language=options.language,
+            language=language,
             initial_prompt=options.initial_prompt,
             hotwords=options.hotwords,
             # Each utterance stands alone; conditioning on earlier text invites repetition loops.
@@ -157,28 +167,28 @@ class Recognizer:
         Blocking: run it in a worker thread.
         """
         segments, info = self._transcribe(
-            samples, options, beam_size=self.beam_size, word_timestamps=True,
+            samples, options, final=True, beam_size=self.beam_size, word_timestamps=True,
             # Silero VAD drops non-speech first, so silence and noise give no text rather than hallucinations.
             vad_filter=True,
         )
-        words = tuple(
-            RecognizedWord(w.word.strip(), max(0.0, float(w.start)), max(0.0, float(w.end)), float(w.probability))
-            for segment in segments for w in (segment.words or []) if w.word.strip()
-        )
-        text = " ".join(segment.text.strip() for segment in segments if segment.text.strip())
-        confidence = float(np.mean([w.probability for w in words])) if words else 0.0
-        return Transcript(text=text, words=words, language=info.language or "", confidence=confidence)
+        return _transcript_of(segments, info)
 
-    def transcribe_interim(self, samples: np.ndarray, options: DecodeOptions) -> list[str]:
-        """Decode the utterance so far quickly (greedy, no timestamps, no VAD); returns its words.
+    def transcribe_window(self, samples: np.ndarray, options: DecodeOptions, previous_text: str = "",
+                          final: bool = False) -> Transcript:
+        """Decode one window of a stream (16 kHz float32) with word timings, relative to its first sample.
 
+        `previous_text` is what the stream already committed before this audio: it follows the mode
+        prompt as the decoder's prompt, so the window continues that text. Same beam and VAD filter as
+        a final, so a stream's text matches what one decode of the whole utterance gives.
+        `final`: this decode ends an utterance (a stream detecting its language then fixes it).
         Blocking: run it in a worker thread.
         """
-        segments, _ = self._transcribe(
-            samples, options, beam_size=1, best_of=1, temperature=0.0,
-            without_timestamps=True, word_timestamps=False, vad_filter=False,
+        prompt = " ".join(part for part in (options.initial_prompt, previous_text) if part) or None
+        segments, info = self._transcribe(
+            samples, replace(options, initial_prompt=prompt), final=final, beam_size=self.beam_size,
+            word_timestamps=True, vad_filter=True,
         )
-        return " ".join(segment.text.strip() for segment in segments).split()
+        return _transcript_of(segments, info)
 
     def warm_up(self) -> None:
         """Run one decode and one VAD pass on generated audio so the first caller does not pay for it."""
@@ -191,18 +201,16 @@ class Recognizer:
         SpeechDetector().feed(tone.astype(np.float32))
 
 
-def stable_prefix_length(previous: list[str], current: list[str]) -> int:
-    """How many leading words of `current` equal those of `previous` (ignoring case and punctuation)."""
-
-    def key(word: str) -> str:
-        return re.sub(r"[^\w']", "", word.lower())
-
-    count = 0
-    for before, now in zip(previous, current):
-        if key(before) != key(now):
-            break
-        count += 1
-    return count
+def _transcript_of(segments: list, info: Any) -> Transcript:
+    """faster-whisper's segments (decoded with word timestamps) as a Transcript."""
+    words = tuple(
+        RecognizedWord(w.word.strip(), max(0.0, float(w.start)), max(0.0, float(w.end)), float(w.probability),
+                       spaced=index == 0 or w.word[:1].isspace())
+        for segment in segments for index, w in enumerate(segment.words or []) if w.word.strip()
+    )
+    text = " ".join(segment.text.strip() for segment in segments if segment.text.strip())
+    confidence = float(np.mean([w.probability for w in words])) if words else 0.0
+    return Transcript(text=text, words=words, language=info.language or "", confidence=confidence)
 
 
 SPEECH_STARTED = 1
@@ -240,9 +248,16 @@ class SpeechDetector:
         self.in_speech = False
         # Highest speech probability since the last reset_peak(): no window at the threshold means no speech.
         self.peak_probability = 0.0
+        # End of the last window at or above the threshold (ms from the first sample fed; 0: none yet).
+        self.voiced_until_ms = 0
 
     def reset_peak(self) -> None:
         self.peak_probability = 0.0
+
+    @property
+    def evaluated_ms(self) -> int:
+        """End of the audio the detector has judged so far (ms from the first sample fed)."""
+        return self._offset_ms(self._windows)
 
     def _offset_ms(self, window_index: int) -> int:
         return window_index * self.WINDOW * 1000 // SAMPLE_RATE_HZ
@@ -265,6 +280,8 @@ class SpeechDetector:
             index = self._windows
             self._windows += 1
             self.peak_probability = max(self.peak_probability, float(probability))
+            if probability >= self.THRESHOLD:
+                self.voiced_until_ms = self._offset_ms(index + 1)
             if not self.in_speech:
                 self._speech_run = self._speech_run + 1 if probability >= self.THRESHOLD else 0
                 if self._speech_run >= self.START_WINDOWS:

@@ -49,6 +49,14 @@ class AsrSettings(_Section):
     beam_size: int = Field(default=1, ge=1, le=10)
     # Default language when the caller's request gives no hint ("" means detect).
     language: str = "en"
+    # Serves hints other than English, and detection; "" serves English only (asr.model must then be
+    # English-capable). Unused when asr.model is itself multilingual.
+    multilingual_model: str = "whisper-base"
+    # Detection picks among these languages only (Whisper codes); [] means any language.
+    expected_languages: list[str] = ["en", "de", "es", "fr", "it", "pt"]
+    # Detection below this share of the expected languages' probability decodes in fallback_language.
+    detection_threshold: float = Field(default=0.5, ge=0, le=1)
+    fallback_language: str = "en"
     cpu_threads: int = Field(default=2, ge=1)
     # Decodes running at once across all streams (CPU: 1, each decode uses cpu_threads; GPU: a few).
     # A final waits for a free slot; an interim is skipped when none is free.
@@ -59,6 +67,11 @@ class AsrSettings(_Section):
     max_stream_s: float = Field(default=3600.0, gt=0)
     # Audio pending without a flush is finalised on its own past this, bounding memory and decode time.
     max_utterance_s: float = Field(default=60.0, gt=0, le=600)
+    # Longest audio window a stream re-decodes: committed audio is dropped from it past this, and a
+    # client sending faster than real time waits for decodes (gRPC flow control) rather than growing it.
+    max_window_s: float = Field(default=15.0, ge=2.0, le=30.0)
+    # Recognize streams one process serves at once; one more is refused with RESOURCE_EXHAUSTED.
+    max_streams: int = Field(default=8, ge=1)
 
 
 class TtsSettings(_Section):
