@@ -35,9 +35,10 @@ LOAD_EVERY_MODEL = textwrap.dedent("""
     except OSError:
         pass
 
-    from services.asr.recognizer import Recognizer
-    recognizer = Recognizer.load(settings.asr, state)
-    recognizer.warm_up()
+    from services.asr.languages import RecognizerSet
+    recognizers = RecognizerSet.load(settings.asr, state)  # tiny.en and the multilingual whisper-base
+    assert recognizers.multilingual is not None
+    recognizers.warm_up()
     from services.tts.synthesizer import Synthesizer
     synthesizer = Synthesizer.load(settings.tts.voice, state, 1)
     voice = synthesizer.voice(settings.tts.voice)

@@ -12,7 +12,8 @@ Sections (each can be skipped for a quicker run):
   derived here, streamed as fast as possible (WER); offline WER of the same audio; the ratios.
 - concurrency: k identical real-time streams at once, for growing k; a k is sustained when every
   stream's final arrives within 2 s of its end of speech and wall time stays within 10 % of real time.
-- digits: all of ../shared/data/digits8k as 8 kHz PCM16 in RECOGNITION_MODE_DIGITS (accuracy, per speaker).
+- digits: all of ../shared/data/digits8k as 8 kHz PCM16 in RECOGNITION_MODE_DIGITS (accuracy, per
+  speaker); every tenth clip in real time for end-of-speech-to-final latency, the rest as fast as possible.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 BENCH_PORT_BASE = 56460
 SUSTAINED_FINAL_MS = 2000.0
+DIGITS_REALTIME_EVERY = 10
 STREAM_STEPS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
 
 
@@ -103,6 +105,7 @@ async def english_section(target: str, settings, limit: int | None = None) -> di
             "streaming": live.text, "offline": offline.transcribe(samples),
             "streaming_mulaw": phone.text, "offline_mulaw": offline.transcribe(line_16k),
             "end_of_speech_to_final_ms": live.as_dict()["end_of_speech_to_final_ms"],
+            "flush_to_final_ms": live.as_dict()["request_to_final_ms"],
             "speech_start_to_first_interim_ms": live.speech_start_to_first_interim_ms,
             "fast_real_time_factor": phone.as_dict()["real_time_factor"],
         })
@@ -117,6 +120,7 @@ async def english_section(target: str, settings, limit: int | None = None) -> di
         "wer_ratio_streaming_to_offline_mulaw": (round(wer["streaming_mulaw"] / wer["offline_mulaw"], 3)
                                                  if wer["offline_mulaw"] else None),
         "end_of_speech_to_final_ms": percentiles([r["end_of_speech_to_final_ms"] for r in rows]),
+        "flush_to_final_ms": percentiles([r["flush_to_final_ms"] for r in rows]),
         "speech_start_to_first_interim_ms": percentiles([r["speech_start_to_first_interim_ms"] for r in rows]),
         "real_time_factor_fast_mode": percentiles([r["fast_real_time_factor"] for r in rows]),
         "per_clip": rows,
@@ -163,12 +167,17 @@ async def digits_section(target: str) -> dict:
 
     line = common_pb2.AudioFormat(encoding=common_pb2.AUDIO_ENCODING_PCM16, sample_rate_hz=8000)
     per_speaker: dict[str, list[bool]] = {}
-    wrong = []
-    for entry in manifest(SHARED_DATA / "digits8k" / "manifest.jsonl"):
+    wrong, latencies, request_latencies = [], [], []
+    for index, entry in enumerate(manifest(SHARED_DATA / "digits8k" / "manifest.jsonl")):
         path = SHARED_DATA / "digits8k" / Path(entry["audio"]).name
         samples = read_recording(path, 16000)
+        # Every tenth clip in real time, for the latency; the rest as fast as the service takes them.
+        realtime = index % DIGITS_REALTIME_EVERY == 0
         result = await stream_recording(target, encode_for_line(samples, line), line,
-                                        mode=asr_pb2.RECOGNITION_MODE_DIGITS, language="en", realtime=False)
+                                        mode=asr_pb2.RECOGNITION_MODE_DIGITS, language="en", realtime=realtime)
+        if realtime:
+            latencies.append(result.as_dict()["end_of_speech_to_final_ms"])
+            request_latencies.append(result.as_dict()["request_to_final_ms"])
         expected = str(entry.get("label", entry.get("digit", "")))
         heard = "".join(ch for ch in result.text if ch.isdigit())
         speaker = entry.get("speaker") or path.stem.split("_")[1]
@@ -177,6 +186,9 @@ async def digits_section(target: str) -> dict:
             wrong.append({"audio": path.name, "expected": expected, "heard": result.text})
     every = [ok for oks in per_speaker.values() for ok in oks]
     return {"clips": len(every), "accuracy": round(float(np.mean(every)), 4),
+            # Includes the client's CAPTURE_PAUSE_S wait for more digits before it asks for the final.
+            "end_of_speech_to_final_ms_realtime": percentiles(latencies),
+            "flush_to_final_ms_realtime": percentiles(request_latencies),
             "per_speaker": {s: round(float(np.mean(v)), 4) for s, v in sorted(per_speaker.items())},
             "examples_wrong": wrong}
 

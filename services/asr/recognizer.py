@@ -19,10 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from services.asr import digits
 from services.kit.config import AsrSettings
 
 if TYPE_CHECKING:
     from faster_whisper import WhisperModel
+    from faster_whisper.tokenizer import Tokenizer
 
     from services.asr.languages import StreamLanguage
 
@@ -34,6 +36,13 @@ MODE_PROMPTS = {
     "digits": "Account number: 4 7 1 1 0 9 2.",
     "alphanumeric": "Order ID: W 4 7 1 1 B 9.",
 }
+# Constrained answers are capped at this many tokens per second of audio (a digit is one token, and
+# callers read at most about three a second).
+MAX_SPOKEN_DIGITS_PER_S = 4
+# A digits utterance whose speech (Silero VAD) spans at most this long is one spoken digit, and is scored.
+SINGLE_DIGIT_S = 0.8
+# Constrained decodes get this much audio either side of the detected speech.
+CAPTURE_MARGIN_S = 0.15
 # Whisper's prompt is limited to 224 tokens; keep hotwords well inside it.
 MAX_HOTWORDS = 50
 MAX_HOTWORDS_CHARS = 400
@@ -50,6 +59,11 @@ class DecodeOptions:
     language: str | None
     initial_prompt: str | None = None
     hotwords: str | None = None
+    # The RecognitionMode name, lower case without its prefix ("general", "digits", ...).
+    mode: str = "general"
+    # Constrained modes (digits, alphanumeric): every token outside the mode's vocabulary
+    # (services.asr.digits.suppressed_tokens), so the decoder can only answer in it.
+    suppressed_tokens: tuple[int, ...] | None = field(default=None, repr=False)
     # With language None: the stream's own detection (services.asr.languages), run once and then fixed.
     # Without one, faster-whisper detects again on every decode.
     detection: StreamLanguage | None = field(default=None, compare=False)
@@ -84,6 +98,7 @@ class Recognizer:
         self.model = model
         self.model_name = model_name
         self.beam_size = beam_size
+        self._suppressed_by_mode: dict[str, tuple[int, ...]] = {}
 
     @classmethod
     def load(cls, settings: AsrSettings, state_dir: Path | str | None) -> Recognizer:
@@ -142,13 +157,35 @@ class Recognizer:
             language=self.resolve_language(language_hint),
             initial_prompt=MODE_PROMPTS.get(mode),
             hotwords=" ".join(words) or None,
+            mode=mode,
+            suppressed_tokens=self._suppressed_tokens(mode) if mode in digits.CONSTRAINED_MODES else None,
         )
+
+    def _tokenizer(self, language: str | None) -> Tokenizer:
+        from faster_whisper.tokenizer import Tokenizer
+
+        return Tokenizer(self.model.hf_tokenizer, self.model.model.is_multilingual, task="transcribe",
+                         language=language or "en")
+
+    def _suppressed_tokens(self, mode: str) -> tuple[int, ...]:
+        if mode not in self._suppressed_by_mode:  # a dict write is atomic: two threads at worst both compute
+            self._suppressed_by_mode[mode] = digits.suppressed_tokens(self._tokenizer("en"), mode)
+        return self._suppressed_by_mode[mode]
 
     def _transcribe(self, samples: np.ndarray, options: DecodeOptions, final: bool = False, **kwargs: Any):
         """Decode with faster-whisper; `final`: this decode ends an utterance (fixes a detected language)."""
         language = options.language
         if language is None and options.detection is not None:
             language = options.detection.language_for(self.model, samples, final)
+        if options.suppressed_tokens is not None:
+            # Constrained decoding (measured on digits8k, services.asr.digits): no timestamp tokens, one
+            # greedy pass without the fallback and no-speech thresholds, which were tuned for free text
+            # and reject short answers. Streams decode only audio the VAD found speech in.
+            # The prompt invites a continuing sequence, so the answer is also capped at what a caller can
+            # say in the audio's time.
+            kwargs.update(suppress_tokens=list(options.suppressed_tokens), without_timestamps=True,
+                          temperature=0.0, no_speech_threshold=None, log_prob_threshold=None,
+                          max_new_tokens=int(np.ceil(samples.shape[0] / SAMPLE_RATE_HZ * MAX_SPOKEN_DIGITS_PER_S)) + 1)
         segments, info = self.model.transcribe(
             samples,
             language=language,
@@ -181,14 +218,55 @@ class Recognizer:
         prompt as the decoder's prompt, so the window continues that text. Same beam and VAD filter as
         a final, so a stream's text matches what one decode of the whole utterance gives.
         `final`: this decode ends an utterance (a stream detecting its language then fixes it).
-        Blocking: run it in a worker thread.
+        In digits mode, an utterance whose speech is short enough for one digit is scored instead
+        (`_best_single_digit`). Blocking: run it in a worker thread.
         """
+        offset_s = 0.0
+        if options.suppressed_tokens is not None:
+            speech = _speech_span_s(samples)
+            if options.mode == digits.DIGITS and not previous_text and (
+                    speech is None or speech[1] - speech[0] <= SINGLE_DIGIT_S):
+                return self._best_single_digit(samples, options, speech)
+            if speech is not None:
+                # A decoder forced to answer in digits keeps adding them over silence: decode the speech only.
+                first = max(0, int((speech[0] - CAPTURE_MARGIN_S) * SAMPLE_RATE_HZ))
+                samples = samples[first:int((speech[1] + CAPTURE_MARGIN_S) * SAMPLE_RATE_HZ)]
+                offset_s = first / SAMPLE_RATE_HZ
         prompt = " ".join(part for part in (options.initial_prompt, previous_text) if part) or None
         segments, info = self._transcribe(
             samples, replace(options, initial_prompt=prompt), final=final, beam_size=self.beam_size,
             word_timestamps=True, vad_filter=True,
         )
-        return _transcript_of(segments, info)
+        return _transcript_of(segments, info, offset_s)
+
+    def _best_single_digit(self, samples: np.ndarray, options: DecodeOptions,
+                           speech: tuple[float, float] | None) -> Transcript:
+        """The digit most probable for a short answer: each one scored by the decoder against the audio.
+
+        Decoding commits to its first token, and Silero drops some short narrowband words as non-speech;
+        scoring every digit (as word and numeral, after the digits prompt) on one encoder pass picks the
+        best of the ten instead (benchmarks/asr/digits_eval.py, results/asr_digits.json).
+        """
+        from faster_whisper.audio import pad_or_trim
+
+        tokenizer = self._tokenizer(options.language)
+        features = self.model.feature_extractor(samples)
+        frames = min(features.shape[-1], 3000)
+        encoded = self.model.encode(pad_or_trim(features))
+        start = list(tokenizer.sot_sequence) + [tokenizer.no_timestamps]
+        if options.initial_prompt:
+            start = [tokenizer.sot_prev, *tokenizer.encode(" " + options.initial_prompt.strip())] + start
+        best_digit, best_log_probability = "", -np.inf
+        for digit, spellings in digits.SPOKEN_DIGITS.items():
+            for spelling in spellings:
+                result = self.model.model.align(encoded, start, [tokenizer.encode(spelling)], frames)[0]
+                log_probability = float(np.sum(np.log(np.maximum(result.text_token_probs, 1e-12))))
+                if log_probability > best_log_probability:
+                    best_digit, best_log_probability = digit, log_probability
+        start_s, end_s = speech or (0.0, samples.shape[0] / SAMPLE_RATE_HZ)
+        probability = float(np.exp(best_log_probability))
+        word = RecognizedWord(best_digit, start_s, end_s, probability)
+        return Transcript(text=best_digit, words=(word,), language=options.language or "en", confidence=probability)
 
     def warm_up(self) -> None:
         """Run one decode and one VAD pass on generated audio so the first caller does not pay for it."""
@@ -201,10 +279,26 @@ class Recognizer:
         SpeechDetector().feed(tone.astype(np.float32))
 
 
-def _transcript_of(segments: list, info: Any) -> Transcript:
-    """faster-whisper's segments (decoded with word timestamps) as a Transcript."""
+def _speech_span_s(samples: np.ndarray) -> tuple[float, float] | None:
+    """(start, end) in seconds of the speech the streaming detector finds in 16 kHz audio; None: none found.
+
+    The same detector as the stream's speech events; faster-whisper's VAD helper pads and merges
+    regions by seconds, too coarse to tell one digit from two.
+    """
+    detector = SpeechDetector()
+    events = detector.feed(samples) + detector.finish()
+    starts = [offset_ms for kind, offset_ms in events if kind == SPEECH_STARTED]
+    stops = [offset_ms for kind, offset_ms in events if kind != SPEECH_STARTED]
+    if not starts:
+        return None
+    return starts[0] / 1000, (stops[-1] if stops else detector.evaluated_ms) / 1000
+
+
+def _transcript_of(segments: list, info: Any, offset_s: float = 0.0) -> Transcript:
+    """faster-whisper's segments (decoded with word timestamps) as a Transcript; `offset_s` is added to times."""
     words = tuple(
-        RecognizedWord(w.word.strip(), max(0.0, float(w.start)), max(0.0, float(w.end)), float(w.probability),
+        RecognizedWord(w.word.strip(), max(0.0, float(w.start)) + offset_s, max(0.0, float(w.end)) + offset_s,
+                       float(w.probability),
                        spaced=index == 0 or w.word[:1].isspace())
         for segment in segments for index, w in enumerate(segment.words or []) if w.word.strip()
     )

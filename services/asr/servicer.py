@@ -32,6 +32,7 @@ import grpc
 import numpy as np
 
 from quietline.v1 import asr_pb2, asr_pb2_grpc
+from services.asr import digits
 from services.asr.incremental import IncrementalTranscript, WindowRequest, join_words
 from services.asr.languages import RecognizerSet
 from services.asr.recognizer import (
@@ -66,6 +67,10 @@ MAX_PIECE_S = 0.5
 # than this share of the last UTILISATION_WINDOW_S: the rest is kept for pause decodes and finals.
 INTERIM_UTILISATION = 0.5
 UTILISATION_WINDOW_S = 5.0
+# In a capture turn (digits, ids) the caller was asked for an answer, so a faint utterance is decoded too:
+# a short narrowband digit can peak well below the detector's threshold (digits8k), silence and line hiss
+# stay far below this.
+CAPTURE_SPEECH_PEAK = 0.15
 # Responses queued for a client that does not read them; interims beyond this are not queued.
 MAX_QUEUED_RESPONSES = 64
 _MODE_NAMES = {
@@ -315,6 +320,8 @@ class RecognitionStream:
         return self._arrivals[-1][1] if self._arrivals else time.perf_counter()
 
     def _utterance_has_speech(self) -> bool:
+        if self.options.mode in digits.CONSTRAINED_MODES:
+            return self.detector.peak_probability >= CAPTURE_SPEECH_PEAK
         return self.detector.peak_probability >= SpeechDetector.THRESHOLD
 
     def _voiced_until(self) -> int:
@@ -387,8 +394,8 @@ class RecognitionStream:
         if self.outgoing.qsize() >= MAX_QUEUED_RESPONSES:
             return  # the client is not reading: an interim would only be stale when it gets there
         hypothesis = asr_pb2.Hypothesis(
-            stable_text=join_words(utterance.committed),
-            unstable_text=join_words(utterance.hypothesis),
+            stable_text=digits.format_final(join_words(utterance.committed), self.options.mode),
+            unstable_text=digits.format_final(join_words(utterance.hypothesis), self.options.mode),
             is_final=False,
             language=utterance.language or self.options.language or "",
             audio_start_ms=_samples_to_ms(utterance.start_sample, self.rate_hz),
@@ -446,7 +453,9 @@ class RecognitionStream:
                 language = transcript.language or language
                 decoded_at_final = True
         transcript = Transcript(
-            text=join_words(words), words=tuple(words), language=language or self.options.language or "",
+            # A capture mode's final is its normalised answer ("4711", "W4711B", "yes"); words keep what was heard.
+            text=digits.format_final(join_words(words), self.options.mode), words=tuple(words),
+            language=language or self.options.language or "",
             confidence=float(np.mean([w.probability for w in words])) if words else 0.0,
         )
         self.finals += 1
