@@ -249,3 +249,25 @@ def test_logs_carry_no_transcripts(asr_service, references):
     words = {w.strip(".,;\"") for clip in (*CLIPS, SHORT_CLIP) for w in references[clip].lower().split()}
     leaked = sorted(w for w in words if len(w) >= 7 and w in log)
     assert not leaked, leaked
+
+
+def test_deployment_vocabulary_biases_general_streams_but_not_capture_modes(state_dir):
+    from services.asr.languages import RecognizerSet
+    from services.kit.config import AsrSettings
+
+    settings = AsrSettings(multilingual_model="", hotwords=["Harbor Trust", "QuietLine"],
+                           initial_prompt="Harbor Trust Bank, customer support.")
+    recognizers = RecognizerSet.load(settings, state_dir)
+    _, general = recognizers.decode_options("en", "general", ["Visa Platinum", "QuietLine"])
+    assert general.hotwords == "Harbor Trust QuietLine Visa Platinum"
+    assert general.initial_prompt == "Harbor Trust Bank, customer support."
+    _, captured = recognizers.decode_options("en", "digits", [])
+    assert captured.hotwords is None and captured.initial_prompt != settings.initial_prompt
+
+
+def test_too_large_a_deployment_vocabulary_is_refused_at_start(state_dir):
+    from services.asr.languages import RecognizerSet
+    from services.kit.config import AsrSettings, ConfigError
+
+    with pytest.raises(ConfigError, match="asr.hotwords: too many hotwords"):
+        RecognizerSet.load(AsrSettings(multilingual_model="", hotwords=[f"Product{i}" for i in range(80)]), state_dir)

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from services.asr import digits
 from services.asr.recognizer import SAMPLE_RATE_HZ, DecodeOptions, RecognitionError, Recognizer
 from services.kit.config import AsrSettings, ConfigError
 from services.kit.metrics import STAGE_LATENCY
@@ -194,6 +195,10 @@ class RecognizerSet:
         self.multilingual = multilingual or (None if english.english_only else english)
         self.settings = settings
         self.policy = LanguagePolicy.from_settings(settings)
+        try:
+            english.decode_options("en", "general", settings.hotwords)
+        except RecognitionError as err:
+            raise ConfigError(f"asr.hotwords: {err}") from None
         if self.multilingual is not None:
             self._check_policy(self.multilingual)
 
@@ -252,7 +257,9 @@ class RecognizerSet:
                        call_id: str = "") -> tuple[Recognizer, DecodeOptions]:
         """The recogniser and decode options for one stream (raises RecognitionError for a bad request)."""
         choice = self.choose(hint, call_id)
-        options = choice.recognizer.decode_options(choice.language or "", mode, hotwords)
+        # The deployment's vocabulary would be suppressed in a constrained mode anyway.
+        words = list(hotwords) if mode in digits.CONSTRAINED_MODES else [*self.settings.hotwords, *hotwords]
+        options = choice.recognizer.decode_options(choice.language or "", mode, words, self.settings.initial_prompt)
         # The recogniser's options keep the last word on the language (a mode may fix it); detection
         # applies only where they leave it open.
         return choice.recognizer, replace(options, detection=choice.detection if options.language is None else None)

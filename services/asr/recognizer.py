@@ -145,17 +145,23 @@ class Recognizer:
             )
         return code
 
-    def decode_options(self, language_hint: str, mode: str, hotwords: list[str]) -> DecodeOptions:
-        """Options for one stream; `mode` is the lower-case RecognitionMode name without its prefix."""
-        words = [w.strip() for w in hotwords if w.strip()]
+    def decode_options(self, language_hint: str, mode: str, hotwords: list[str],
+                       initial_prompt: str = "") -> DecodeOptions:
+        """Options for one stream; `mode` is the lower-case RecognitionMode name without its prefix.
+
+        `hotwords` are the deployment's and the request's together; `initial_prompt` (the deployment's)
+        is used unless the mode has its own.
+        """
+        words = list(dict.fromkeys(w.strip() for w in hotwords if w.strip()))
         if len(words) > MAX_HOTWORDS or sum(len(w) + 1 for w in words) > MAX_HOTWORDS_CHARS:
             raise RecognitionError(
-                f"too many hotwords ({len(words)} words, {sum(len(w) + 1 for w in words)} characters): "
-                f"send at most {MAX_HOTWORDS} words and {MAX_HOTWORDS_CHARS} characters, the ones this turn needs"
+                f"too many hotwords ({len(words)} words, {sum(len(w) + 1 for w in words)} characters, asr.hotwords "
+                f"included): send at most {MAX_HOTWORDS} words and {MAX_HOTWORDS_CHARS} characters in all, the ones "
+                "this turn needs"
             )
         return DecodeOptions(
             language=self.resolve_language(language_hint),
-            initial_prompt=MODE_PROMPTS.get(mode),
+            initial_prompt=MODE_PROMPTS.get(mode, initial_prompt.strip() or None),
             hotwords=" ".join(words) or None,
             mode=mode,
             suppressed_tokens=self._suppressed_tokens(mode) if mode in digits.CONSTRAINED_MODES else None,

@@ -57,6 +57,12 @@ class AsrSettings(_Section):
     # Detection below this share of the expected languages' probability decodes in fallback_language.
     detection_threshold: float = Field(default=0.5, ge=0, le=1)
     fallback_language: str = "en"
+    # Deployment vocabulary (product, bank and place names), biasing every stream's decoding except the
+    # digits and id modes; a request's own hotwords are added to these.
+    hotwords: list[str] = []
+    # Text Whisper reads as coming before each utterance (general and yes/no modes), e.g. "Harbor Trust
+    # Bank, customer support." A capture mode uses its own prompt instead.
+    initial_prompt: str = Field(default="", max_length=400)
     cpu_threads: int = Field(default=2, ge=1)
     # Decodes running at once across all streams (CPU: 1, each decode uses cpu_threads; GPU: a few).
     # A final waits for a free slot; an interim is skipped when none is free.
