@@ -81,11 +81,8 @@ class IncrementalTranscript:
     """One utterance decoded incrementally; see the module docstring for the policy."""
 
     def __init__(self, rate_hz: int, start_sample: int, max_window_s: float,
-                 commit_guard_s: float = COMMIT_GUARD_S, context: str = "") -> None:
+                 commit_guard_s: float = COMMIT_GUARD_S) -> None:
         self.rate_hz = rate_hz
-        # The stream's earlier finals: the caller's sentence may go on across a pause the client
-        # finalised at, and the decoder reads it as the text before this utterance.
-        self.context = context
         self.start_sample = start_sample
         self.window_start = start_sample
         self._chunks: deque[np.ndarray] = deque()
@@ -140,7 +137,6 @@ class IncrementalTranscript:
     def _previous_text(self) -> str:
         window_start_s = self.window_start / self.rate_hz
         text = join_words([w for w in self.committed if w.end_s <= window_start_s + 1e-3])
-        text = f"{self.context} {text}".strip()
         if len(text) <= PROMPT_CHARS:
             return text
         # Cut at a word boundary.

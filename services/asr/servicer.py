@@ -459,9 +459,6 @@ class RecognitionStream:
             confidence=float(np.mean([w.probability for w in words])) if words else 0.0,
         )
         self.finals += 1
-        if self.options.mode == "general" and transcript.text and self.utterance.decodes == 0:
-            # The next utterance continues this text (unless it has been decoded already).
-            self.utterance.context = transcript.text
         hypothesis = asr_pb2.Hypothesis(
             stable_text=transcript.text,
             is_final=True,
