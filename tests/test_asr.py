@@ -53,13 +53,6 @@ async def asr(asr_service):
     await channel.close()
 
 
-@pytest.fixture(scope="module")
-def references(shared_data) -> dict[str, str]:
-    """Reference text of every English clip in the manifest, by file name."""
-    manifest = [json.loads(line) for line in (shared_data / "speech" / "manifest.jsonl").read_text().splitlines()]
-    return {item["audio"].rsplit("/", 1)[-1]: item["reference"] for item in manifest if item["lang"] == "en"}
-
-
 def recording(shared_data, name: str, rate_hz: int) -> np.ndarray:
     return read_recording(shared_data / "speech" / "wav" / name, rate_hz)
 

@@ -78,12 +78,6 @@ async def asr(languages_service):
     await channel.close()
 
 
-@pytest.fixture(scope="module")
-def references(shared_data) -> dict[str, str]:
-    manifest = [json.loads(line) for line in (shared_data / "speech" / "manifest.jsonl").read_text().splitlines()]
-    return {item["audio"].rsplit("/", 1)[-1]: item["reference"] for item in manifest}
-
-
 def stream_log(service, call_id: str, message: str) -> list[dict]:
     """The service's JSON log records `message` for `call_id`."""
     records = [json.loads(line) for line in service.log().splitlines() if line.startswith("{")]

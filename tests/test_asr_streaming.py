@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import time
 from pathlib import Path
 
@@ -65,12 +64,6 @@ async def asr(asr_service):
     channel = open_channel(asr_service.target, default_deadline_s=120.0)
     yield asr_pb2_grpc.AsrStub(channel)
     await channel.close()
-
-
-@pytest.fixture(scope="module")
-def references(shared_data) -> dict[str, str]:
-    manifest = [json.loads(line) for line in (shared_data / "speech" / "manifest.jsonl").read_text().splitlines()]
-    return {item["audio"].rsplit("/", 1)[-1]: item["reference"] for item in manifest if item["lang"] == "en"}
 
 
 @pytest.fixture(scope="module")

@@ -278,6 +278,9 @@ class Recognizer:
         """Run one decode and one VAD pass on generated audio so the first caller does not pay for it."""
         time_s = np.arange(SAMPLE_RATE_HZ, dtype=np.float32) / SAMPLE_RATE_HZ
         tone = 0.1 * np.sin(2 * np.pi * 220.0 * time_s) * np.sin(np.pi * time_s)
+        # The constrained vocabularies too (a pass over the whole tokenizer), not by the first capture stream.
+        for mode in digits.CONSTRAINED_MODES:
+            self._suppressed_tokens(mode)
         options = DecodeOptions(language="en" if self.english_only else None)
         # Without VAD, which would skip the tone and leave the decoder cold.
         self._transcribe(tone.astype(np.float32), options, beam_size=self.beam_size, word_timestamps=True,

@@ -88,7 +88,6 @@ async def stream_recording(
     # The caller stays on the line a moment after speaking, so the service's VAD can see the stop.
     wire_audio = wire_audio + silence_sample * int(fmt.sample_rate_hz * trailing_silence_s)
     result = StreamedRecognition(audio_s=len(wire_audio) / bytes_per_sample / fmt.sample_rate_hz)
-    outgoing: asyncio.Queue = asyncio.Queue()
     started = time.perf_counter()
     half_closed_at: list[float] = []
     # When each flush was sent, in order (the service answers every flush with one final).
