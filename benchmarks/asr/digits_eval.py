@@ -64,7 +64,7 @@ def main() -> int:
         def run(samples: np.ndarray) -> str:
             segments, info = recognizer._transcribe(samples, options, final=True, beam_size=recognizer.beam_size,
                                                     word_timestamps=True, vad_filter=True)
-            return _transcript_of(segments, info).text
+            return _transcript_of(segments, info.language).text
         return run
 
     def padded(run):

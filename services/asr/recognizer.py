@@ -13,13 +13,14 @@ switches at import time, and `run_service` sets them only after the service modu
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from services.asr import digits
+from services.kit import audio
 from services.kit.config import AsrSettings
 
 if TYPE_CHECKING:
@@ -67,6 +68,19 @@ class DecodeOptions:
     # With language None: the stream's own detection (services.asr.languages), run once and then fixed.
     # Without one, faster-whisper detects again on every decode.
     detection: StreamLanguage | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class WindowJob:
+    """One stream window to decode: float32 samples, the stream's options and committed text."""
+
+    samples: np.ndarray
+    options: DecodeOptions
+    previous_text: str = ""
+    # The decode ends an utterance (a stream detecting its language then fixes it).
+    final: bool = False
+    # The samples' rate: resampled to 16 kHz in the decoding thread, not on the service's event loop.
+    rate_hz: int = SAMPLE_RATE_HZ
 
 
 @dataclass(frozen=True)
@@ -184,14 +198,7 @@ class Recognizer:
         if language is None and options.detection is not None:
             language = options.detection.language_for(self.model, samples, final)
         if options.suppressed_tokens is not None:
-            # Constrained decoding (measured on digits8k, services.asr.digits): no timestamp tokens, one
-            # greedy pass without the fallback and no-speech thresholds, which were tuned for free text
-            # and reject short answers. Streams decode only audio the VAD found speech in.
-            # The prompt invites a continuing sequence, so the answer is also capped at what a caller can
-            # say in the audio's time.
-            kwargs.update(suppress_tokens=list(options.suppressed_tokens), without_timestamps=True,
-                          temperature=0.0, no_speech_threshold=None, log_prob_threshold=None,
-                          max_new_tokens=int(np.ceil(samples.shape[0] / SAMPLE_RATE_HZ * MAX_SPOKEN_DIGITS_PER_S)) + 1)
+            kwargs.update(_constrained_decoding(options, samples))
         segments, info = self.model.transcribe(
             samples,
             language=language,
@@ -214,36 +221,61 @@ class Recognizer:
             # Silero VAD drops non-speech first, so silence and noise give no text rather than hallucinations.
             vad_filter=True,
         )
-        return _transcript_of(segments, info)
+        return _transcript_of(segments, info.language)
 
     def transcribe_window(self, samples: np.ndarray, options: DecodeOptions, previous_text: str = "",
                           final: bool = False) -> Transcript:
-        """Decode one window of a stream (16 kHz float32) with word timings, relative to its first sample.
+        """One window of a stream alone: `transcribe_windows` with a batch of one."""
+        return self.transcribe_windows([WindowJob(samples, options, previous_text, final)])[0]
 
-        `previous_text` is what the stream already committed before this audio: it follows the mode
-        prompt as the decoder's prompt, so the window continues that text. Same beam and VAD filter as
-        a final, so a stream's text matches what one decode of the whole utterance gives.
-        `final`: this decode ends an utterance (a stream detecting its language then fixes it).
-        In digits mode, an utterance whose speech is short enough for one digit is scored instead
-        (`_best_single_digit`). Blocking: run it in a worker thread.
+    def transcribe_windows(self, jobs: list[WindowJob]) -> list[Transcript]:
+        """Decode windows of one or more streams (16 kHz float32) together, with word timings.
+
+        A window's `previous_text` is what its stream already committed before that audio: it follows
+        the mode prompt as the decoder's prompt, so the window continues that text. Windows are decoded
+        as one utterance's final is (same beam, Silero filtering), in batches of the same language and
+        settings (services.asr.batch_decoding). `final`: the decode ends an utterance (a stream
+        detecting its language then fixes it). In digits mode, an utterance whose speech is short enough
+        for one digit is scored instead (`_best_single_digit`). Blocking: run it in a worker thread.
         """
-        offset_s = 0.0
-        if options.suppressed_tokens is not None:
-            speech = _speech_span_s(samples)
-            if options.mode == digits.DIGITS and not previous_text and (
-                    speech is None or speech[1] - speech[0] <= SINGLE_DIGIT_S):
-                return self._best_single_digit(samples, options, speech)
-            if speech is not None:
-                # A decoder forced to answer in digits keeps adding them over silence: decode the speech only.
-                first = max(0, int((speech[0] - CAPTURE_MARGIN_S) * SAMPLE_RATE_HZ))
-                samples = samples[first:int((speech[1] + CAPTURE_MARGIN_S) * SAMPLE_RATE_HZ)]
-                offset_s = first / SAMPLE_RATE_HZ
-        prompt = " ".join(part for part in (options.initial_prompt, previous_text) if part) or None
-        segments, info = self._transcribe(
-            samples, replace(options, initial_prompt=prompt), final=final, beam_size=self.beam_size,
-            word_timestamps=True, vad_filter=True,
-        )
-        return _transcript_of(segments, info, offset_s)
+        from services.asr.batch_decoding import BatchItem, BatchSettings, decode_batch
+
+        results: list[Transcript | None] = [None] * len(jobs)
+        batches: dict[tuple[str, BatchSettings], list[tuple[int, BatchItem, float]]] = {}
+        for index, job in enumerate(jobs):
+            samples, options, offset_s = audio.resample(job.samples, job.rate_hz, SAMPLE_RATE_HZ), job.options, 0.0
+            settings = BatchSettings(beam_size=self.beam_size)
+            if options.suppressed_tokens is not None:
+                speech = _speech_span_s(samples)
+                if options.mode == digits.DIGITS and not job.previous_text and (
+                        speech is None or speech[1] - speech[0] <= SINGLE_DIGIT_S):
+                    results[index] = self._best_single_digit(samples, options, speech)
+                    continue
+                if speech is not None:
+                    # A decoder forced to answer in digits keeps adding them over silence: decode the speech only.
+                    first = max(0, int((speech[0] - CAPTURE_MARGIN_S) * SAMPLE_RATE_HZ))
+                    samples = samples[first:int((speech[1] + CAPTURE_MARGIN_S) * SAMPLE_RATE_HZ)]
+                    offset_s = first / SAMPLE_RATE_HZ
+                settings = BatchSettings.of_transcribe(self.beam_size, _constrained_decoding(options, samples))
+            language = self._language_of(samples, options, job.final)
+            prompt = " ".join(part for part in (options.initial_prompt, job.previous_text) if part) or None
+            batches.setdefault((language, settings), []).append(
+                (index, BatchItem(samples, prompt, options.hotwords), offset_s))
+        for (language, settings), members in batches.items():
+            decoded = decode_batch(self.model, self._tokenizer(language), [item for _, item, _ in members], settings)
+            for (index, _, offset_s), segments in zip(members, decoded):
+                results[index] = _transcript_of(segments, language, offset_s)
+        return results  # type: ignore[return-value]
+
+    def _language_of(self, samples: np.ndarray, options: DecodeOptions, final: bool) -> str:
+        """The Whisper language code to decode these samples in: the stream's, detected, or English."""
+        if self.english_only:
+            return "en"
+        if options.language is not None:
+            return options.language
+        if options.detection is not None:
+            return options.detection.language_for(self.model, samples, final)
+        return self.model.detect_language(samples)[0]
 
     def _best_single_digit(self, samples: np.ndarray, options: DecodeOptions,
                            speech: tuple[float, float] | None) -> Transcript:
@@ -288,6 +320,19 @@ class Recognizer:
         SpeechDetector().feed(tone.astype(np.float32))
 
 
+def _constrained_decoding(options: DecodeOptions, samples: np.ndarray) -> dict[str, Any]:
+    """transcribe() settings of a constrained mode (digits, ids) for these 16 kHz samples.
+
+    Measured on digits8k (services.asr.digits): no timestamp tokens, one greedy pass without the
+    fallback and no-speech thresholds, which were tuned for free text and reject short answers (streams
+    decode only audio the VAD found speech in). The prompt invites a continuing sequence, so the answer
+    is also capped at what a caller can say in the audio's time.
+    """
+    return dict(suppress_tokens=list(options.suppressed_tokens or ()), without_timestamps=True, temperature=0.0,
+                no_speech_threshold=None, log_prob_threshold=None,
+                max_new_tokens=int(np.ceil(samples.shape[0] / SAMPLE_RATE_HZ * MAX_SPOKEN_DIGITS_PER_S)) + 1)
+
+
 def _speech_span_s(samples: np.ndarray) -> tuple[float, float] | None:
     """(start, end) in seconds of the speech the streaming detector finds in 16 kHz audio; None: none found.
 
@@ -303,7 +348,7 @@ def _speech_span_s(samples: np.ndarray) -> tuple[float, float] | None:
     return starts[0] / 1000, (stops[-1] if stops else detector.evaluated_ms) / 1000
 
 
-def _transcript_of(segments: list, info: Any, offset_s: float = 0.0) -> Transcript:
+def _transcript_of(segments: list, language: str, offset_s: float = 0.0) -> Transcript:
     """faster-whisper's segments (decoded with word timestamps) as a Transcript; `offset_s` is added to times."""
     words = tuple(
         RecognizedWord(w.word.strip(), max(0.0, float(w.start)) + offset_s, max(0.0, float(w.end)) + offset_s,
@@ -313,7 +358,7 @@ def _transcript_of(segments: list, info: Any, offset_s: float = 0.0) -> Transcri
     )
     text = " ".join(segment.text.strip() for segment in segments if segment.text.strip())
     confidence = float(np.mean([w.probability for w in words])) if words else 0.0
-    return Transcript(text=text, words=words, language=info.language or "", confidence=confidence)
+    return Transcript(text=text, words=words, language=language or "", confidence=confidence)
 
 
 SPEECH_STARTED = 1

@@ -10,7 +10,9 @@ Each decode gives an interim Hypothesis (with `interim_results`): committed word
 the rest as `unstable_text`. An utterance longer than `asr.max_utterance_s` is finalised on its own.
 
 Decodes of all streams share `asr.max_concurrent_decodes` slots, finals first, then decodes at a
-pause, then regular interim decodes (skipped when no slot is free), so interims never delay a final.
+pause, then regular interim decodes (skipped when no slot or batch place is free), so interims never
+delay a final. Decodes waiting at the same moment run as one batch of up to `asr.max_decode_batch`
+windows (the gpu profile; services.asr.batch_decoding), so a GPU serves many streams at once.
 A client sending faster than real time is read only as fast as its window is decoded (gRPC flow
 control holds the rest), and a process serves at most `asr.max_streams` streams: one more is
 refused with RESOURCE_EXHAUSTED at once.
@@ -30,6 +32,7 @@ from typing import Any, TypeVar
 
 import grpc
 import numpy as np
+from prometheus_client import Histogram
 
 from quietline.v1 import asr_pb2, asr_pb2_grpc
 from services.asr import digits
@@ -43,6 +46,7 @@ from services.asr.recognizer import (
     Recognizer,
     SpeechDetector,
     Transcript,
+    WindowJob,
 )
 from services.kit import audio
 from services.kit.config import AsrSettings
@@ -50,7 +54,13 @@ from services.kit.metrics import ERRORS, STAGE_LATENCY
 
 log = logging.getLogger("quietline.asr")
 
+DECODE_BATCH_SIZE = Histogram(
+    "quietline_asr_decode_batch_size", "Stream windows decoded together in one pass of the model.",
+    buckets=(1, 2, 4, 8, 16, 32, 64),
+)
+
 T = TypeVar("T")
+R = TypeVar("R")
 
 # Audio is handed to the speech detector in blocks of this length (one ONNX call per block).
 DETECTOR_BLOCK_S = 0.05
@@ -81,27 +91,36 @@ _MODE_NAMES = {
 
 
 class DecodeSlots:
-    """The process-wide limit on concurrent decodes (each runs in a worker thread), served by priority.
+    """The process-wide limit on concurrent decodes, served by priority and batched across streams.
 
-    Waiting decodes get a free slot in order of priority (FINAL, then PAUSE, then INTERIM), first come
-    first served within one. A slot is held until its thread finishes, even when the stream that asked
-    is cancelled: the thread cannot be stopped, and letting another decode start beside it would
-    oversubscribe the CPU.
+    A decode waits for one of `slots` worker threads. When a slot frees, the waiting decode of highest
+    priority (FINAL, then PAUSE, then INTERIM; first come first served within one) starts, together
+    with up to `max_batch` - 1 more waiting decodes of the same runner (the same model), taken in the
+    same order: one batch, one thread, one pass of the model (services.asr.batch_decoding). With
+    `max_batch` 1 (the cpu profile) every decode runs alone. A slot is held until its thread finishes,
+    even when the streams that asked are cancelled: the thread cannot be stopped, and letting another
+    batch start beside it would oversubscribe the device.
     """
 
     FINAL, PAUSE, INTERIM = 0, 1, 2
 
-    def __init__(self, slots: int) -> None:
+    def __init__(self, slots: int, max_batch: int = 1) -> None:
         self.slots = slots
+        self.max_batch = max_batch
         self._free = slots
-        self._waiters: list[tuple[int, int, asyncio.Future]] = []
+        # (priority, order, runner, item, future of the item's result)
+        self._waiters: list[tuple[int, int, Callable, Any, asyncio.Future]] = []
         self._order = itertools.count()
-        # (start, end) of recent decodes (end None while running), for utilisation().
+        # (start, end) of recent batches (end None while running), for utilisation().
         self._recent: deque[list] = deque()
 
     @property
     def busy(self) -> bool:
-        return self._free == 0
+        """No slot is free and the next batch is full: a decode asked for now would wait for a whole batch."""
+        return self._free == 0 and not self._joinable()
+
+    def _joinable(self) -> bool:
+        return self.max_batch > 1 and len(self._waiters) < self.max_batch
 
     def utilisation(self, window_s: float = UTILISATION_WINDOW_S) -> float:
         """The share of the slots' time spent decoding over the last `window_s` seconds."""
@@ -111,48 +130,59 @@ class DecodeSlots:
         busy_s = sum(max(0.0, min(now, end or now) - max(start, now - window_s)) for start, end in self._recent)
         return busy_s / (window_s * self.slots)
 
-    async def run(self, function: Callable[..., T], *args: Any, priority: int = FINAL, wait: bool = True) -> T | None:
-        """Run `function(*args)` in a thread once a slot is free; with wait=False, None when none is."""
-        if self._free and not self._waiters:
-            self._free -= 1
-        elif not wait:
+    async def decode(self, runner: Callable[[list[T]], list[R]], item: T, priority: int = FINAL,
+                     wait: bool = True) -> R | None:
+        """`runner([item, ...])[i]` for this item, in a batch with other waiting items of the same runner.
+
+        With wait=False (interim decodes), None at once unless a slot is free or the item can still
+        join the next batch.
+        """
+        if not wait and self._free == 0 and not self._joinable():
             return None
-        else:
-            turn = asyncio.get_running_loop().create_future()
-            entry = (priority, next(self._order), turn)
-            heapq.heappush(self._waiters, entry)
-            try:
-                await turn
-            except asyncio.CancelledError:
-                if turn.done() and not turn.cancelled():
-                    self._release()  # the slot was handed over just as the caller went away
-                elif entry in self._waiters:
-                    self._waiters.remove(entry)
-                    heapq.heapify(self._waiters)
-                raise
+        result = asyncio.get_running_loop().create_future()
+        entry = (priority, next(self._order), runner, item, result)
+        heapq.heappush(self._waiters, entry)
+        self._dispatch()
         try:
-            task = asyncio.ensure_future(asyncio.to_thread(function, *args))
-        except BaseException:
-            self._release()
+            return await result
+        except asyncio.CancelledError:
+            if entry in self._waiters:  # not started yet: leave the queue
+                self._waiters.remove(entry)
+                heapq.heapify(self._waiters)
             raise
-        record = [time.perf_counter(), None]
-        self._recent.append(record)
-        task.add_done_callback(lambda done: self._finished(done, record))
-        return await asyncio.shield(task)
 
-    def _release(self) -> None:
-        while self._waiters:
-            _, _, turn = heapq.heappop(self._waiters)
-            if not turn.done():  # cancelled, its waiter has not run its cleanup yet
-                turn.set_result(None)  # the slot passes straight to the next waiter
-                return
-        self._free += 1
+    def _dispatch(self) -> None:
+        """Start batches while slots are free and decodes wait."""
+        while self._free and self._waiters:
+            leader = heapq.heappop(self._waiters)
+            batch = [leader]
+            for entry in heapq.nsmallest(len(self._waiters), self._waiters):
+                if len(batch) == self.max_batch:
+                    break
+                if entry[2] == leader[2]:
+                    batch.append(entry)
+            if len(batch) > 1:
+                self._waiters = [entry for entry in self._waiters if entry not in batch]
+                heapq.heapify(self._waiters)
+            self._free -= 1
+            record = [time.perf_counter(), None]
+            self._recent.append(record)
+            DECODE_BATCH_SIZE.observe(len(batch))
+            task = asyncio.ensure_future(asyncio.to_thread(leader[2], [entry[3] for entry in batch]))
+            task.add_done_callback(lambda done, batch=batch, record=record: self._finished(done, batch, record))
 
-    def _finished(self, task: asyncio.Future, record: list) -> None:
+    def _finished(self, task: asyncio.Future, batch: list[tuple], record: list) -> None:
         record[1] = time.perf_counter()
-        self._release()
-        if not task.cancelled():
-            task.exception()  # retrieved here so an abandoned decode's error is not reported as unhandled
+        self._free += 1
+        error = task.exception() if not task.cancelled() else asyncio.CancelledError()
+        for index, (*_, result) in enumerate(batch):
+            if result.done():  # its stream went away meanwhile
+                continue
+            if error is not None:
+                result.set_exception(error)
+            else:
+                result.set_result(task.result()[index])
+        self._dispatch()
 
 
 class StreamError(Exception):
@@ -362,17 +392,13 @@ class RecognitionStream:
         self._decode_task = asyncio.create_task(self._decode(request, priority, self._utterance_epoch))
         return self._decode_task
 
-    def _window_decoder(self, request: WindowRequest, final: bool = False) -> Callable[[], Transcript]:
-        def decode() -> Transcript:
-            samples = audio.resample(request.samples, self.rate_hz, SAMPLE_RATE_HZ)
-            return self.recognizer.transcribe_window(samples, self.options, request.previous_text, final=final)
-
-        return decode
+    def _window_job(self, request: WindowRequest, final: bool = False) -> WindowJob:
+        return WindowJob(request.samples, self.options, request.previous_text, final=final, rate_hz=self.rate_hz)
 
     async def _decode(self, request: WindowRequest, priority: int, epoch: int) -> None:
         try:
-            transcript = await self.slots.run(self._window_decoder(request), priority=priority,
-                                              wait=priority != DecodeSlots.INTERIM)
+            transcript = await self.slots.decode(self.recognizer.transcribe_windows, self._window_job(request),
+                                                 priority=priority, wait=priority != DecodeSlots.INTERIM)
         except Exception as err:  # noqa: BLE001 - best effort while audio arrives; the final still comes
             ERRORS.labels("asr", "interim").inc()
             log.warning("interim decode failed", extra={"call_id": self.config.call.call_id,
@@ -447,8 +473,8 @@ class RecognitionStream:
                 words = utterance.final_words()
             else:
                 request = utterance.request()
-                transcript = await self.slots.run(self._window_decoder(request, final=True),
-                                                  priority=DecodeSlots.FINAL)
+                transcript = await self.slots.decode(self.recognizer.transcribe_windows,
+                                                     self._window_job(request, final=True), priority=DecodeSlots.FINAL)
                 words = utterance.final_words(request, transcript.words)
                 language = transcript.language or language
                 decoded_at_final = True
@@ -502,7 +528,7 @@ class AsrServicer(asr_pb2_grpc.AsrServicer):
     def __init__(self, recognizers: RecognizerSet, settings: AsrSettings) -> None:
         self.recognizers = recognizers
         self.settings = settings
-        self.slots = DecodeSlots(settings.max_concurrent_decodes)
+        self.slots = DecodeSlots(settings.max_concurrent_decodes, settings.max_decode_batch)
         self.open_streams = 0
 
     def _stream_options(self, config: asr_pb2.RecognitionConfig) -> tuple[Recognizer, DecodeOptions]:

@@ -67,6 +67,10 @@ class AsrSettings(_Section):
     # Decodes running at once across all streams (CPU: 1, each decode uses cpu_threads; GPU: a few).
     # A final waits for a free slot; an interim is skipped when none is free.
     max_concurrent_decodes: int = Field(default=1, ge=1, le=64)
+    # Decodes of different streams waiting at the same moment run as one batch of up to this many
+    # (services.asr.batch_decoding): on a GPU a batch costs little more than one decode; on CPU cores it
+    # costs as much as its decodes one by one, so the cpu profile decodes one at a time.
+    max_decode_batch: int = Field(default=1, ge=1, le=64)
     # Interim hypotheses are decoded at most once per this much new audio.
     interim_interval_s: float = Field(default=1.0, gt=0)
     # Audio one Recognize stream may carry in all (one stream per call: an hour).
