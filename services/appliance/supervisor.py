@@ -284,9 +284,10 @@ class Supervisor:
         return list(pids)
 
     def down(self) -> list[str]:
-        """Stop every service and the embedded database; returns the names of what was stopped."""
+        """Stop every service and the embedded database (when a service of this supervisor uses it);
+        returns the names of what was stopped."""
         stopped = self._stop_processes([e.name for e in reversed(self.entries)])
-        if not self.settings.database.dsn and self.database.dsn_if_running():
+        if self.needs_database and not self.settings.database.dsn and self.database.dsn_if_running():
             self.database.stop()
             stopped.append("postgres")
         return stopped
