@@ -127,7 +127,21 @@ async def english_section(target: str, settings, limit: int | None = None) -> di
     }
 
 
-async def concurrency_section(target: str, max_streams: int) -> dict:
+def decode_batches(settings) -> tuple[float, float]:
+    """(batches, windows) the service has decoded so far, from its Prometheus endpoint."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    endpoint = settings.asr.endpoint
+    text = httpx.get(f"http://{endpoint.host}:{endpoint.metrics_port}/metrics", timeout=10).text
+    values = {sample.name: sample.value for family in text_string_to_metric_families(text)
+              if family.name == "quietline_asr_decode_batch_size" for sample in family.samples
+              if sample.name.endswith(("_sum", "_count"))}
+    return (values.get("quietline_asr_decode_batch_size_count", 0.0),
+            values.get("quietline_asr_decode_batch_size_sum", 0.0))
+
+
+async def concurrency_section(target: str, settings, max_streams: int, steps: tuple[int, ...] = STREAM_STEPS) -> dict:
     from quietline.v1 import common_pb2
     from services.asr.recording_stream import encode_for_line, stream_recording
     from services.kit.audio import read_recording
@@ -139,7 +153,8 @@ async def concurrency_section(target: str, max_streams: int) -> dict:
     speech = np.concatenate([part for e in clips for part in (read_recording(SHARED_DATA / e["audio"], 16000), pause)])
     wire = encode_for_line(speech, pcm16)
     runs, sustained = [], 0
-    for streams in [k for k in STREAM_STEPS if k <= max_streams]:
+    for streams in [k for k in steps if k <= max_streams]:
+        batches_before = decode_batches(settings)
         started = time.perf_counter()
         results = await asyncio.gather(*(stream_recording(target, wire, pcm16, language="en") for _ in range(streams)),
                                        return_exceptions=True)
@@ -148,13 +163,17 @@ async def concurrency_section(target: str, max_streams: int) -> dict:
         latencies = [ms for r in results if not isinstance(r, BaseException) for ms in r.end_of_speech_to_final_ms]
         audio_s = len(speech) / 16000 + 0.6
         ok = not failures and latencies and max(latencies) <= SUSTAINED_FINAL_MS and wall_s <= audio_s * 1.1 + 1
+        batches, windows = np.subtract(decode_batches(settings), batches_before)
         runs.append({"streams": streams, "ok": bool(ok), "failures": failures[:3], "wall_s": round(wall_s, 2),
-                     "audio_s": round(audio_s, 2), "end_of_speech_to_final_ms": percentiles(latencies)})
+                     "audio_s": round(audio_s, 2), "end_of_speech_to_final_ms": percentiles(latencies),
+                     "decode_batches": int(batches), "mean_windows_per_batch": round(float(windows / batches), 2) if batches else None})
         if not ok:
             break
         sustained = streams
     cores = os.cpu_count() or 1
-    return {"sustained_streams": sustained, "cores": cores,
+    return {"sustained_streams": sustained, "cores": cores, "device": settings.asr.device,
+            "max_concurrent_decodes": settings.asr.max_concurrent_decodes,
+            "max_decode_batch": settings.asr.max_decode_batch,
             "sustained_streams_per_core": round(sustained / cores, 2),
             "criterion": f"every final within {SUSTAINED_FINAL_MS:.0f} ms of end of speech, wall time within 10% of "
                          "real time", "runs": runs}
@@ -193,7 +212,8 @@ async def digits_section(target: str) -> dict:
             "examples_wrong": wrong}
 
 
-async def run_benchmark(sections: set[str], max_streams: int, english_limit: int | None = None) -> dict:
+async def run_benchmark(sections: set[str], max_streams: int, english_limit: int | None = None,
+                        stream_steps: tuple[int, ...] = STREAM_STEPS) -> dict:
     from services.appliance.port_plan import config_with_ports, write_config
     from services.appliance.supervisor import Supervisor
     from services.kit.config import load_settings
@@ -213,7 +233,7 @@ async def run_benchmark(sections: set[str], max_streams: int, english_limit: int
         if "english" in sections:
             report["english"] = await english_section(target, settings, english_limit)
         if "concurrency" in sections:
-            report["concurrency"] = await concurrency_section(target, max_streams)
+            report["concurrency"] = await concurrency_section(target, settings, max_streams, stream_steps)
         if "digits" in sections:
             report["digits"] = await digits_section(target)
     finally:
@@ -228,6 +248,8 @@ def main() -> int:
     parser.add_argument("--sections", default="english,concurrency,digits")
     parser.add_argument("--max-streams", type=int, default=8)
     parser.add_argument("--english-limit", type=int, default=None, help="only the first N English clips")
+    parser.add_argument("--stream-steps", default=",".join(map(str, STREAM_STEPS)),
+                        help="stream counts the concurrency section tries, in order (comma-separated)")
     args = parser.parse_args()
     if not SHARED_DATA.is_dir():
         print(f"bench-asr: shared data not found at {SHARED_DATA}: clone the repo beside ../shared", file=sys.stderr)
@@ -235,7 +257,8 @@ def main() -> int:
     from services.kit.offline import enforce_offline
 
     enforce_offline()
-    report = asyncio.run(run_benchmark(set(args.sections.split(",")), args.max_streams, args.english_limit))
+    steps = tuple(int(k) for k in args.stream_steps.split(",") if k.strip())
+    report = asyncio.run(run_benchmark(set(args.sections.split(",")), args.max_streams, args.english_limit, steps))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
