@@ -9,7 +9,8 @@ whole clip once, in this process, with the same model files and beam size. Print
 Sections (each can be skipped for a quicker run):
 - english: every English clip in ../shared/data/speech, streamed in real time as 16 kHz PCM16 (WER,
   end-of-speech-to-final and speech-start-to-first-interim percentiles), and 8 kHz mu-law copies
-  derived here, streamed as fast as possible (WER); offline WER of the same audio; the ratios.
+  derived here, streamed as fast as possible (WER); offline WER of the same audio (the clip and the
+  trailing silence the client sends after it), and of the clip alone; the ratios.
 - concurrency: k identical real-time streams at once, for growing k; a k is sustained when every
   stream's final arrives within 2 s of its end of speech and wall time stays within 10 % of real time.
 - digits: all of ../shared/data/digits8k as 8 kHz PCM16 in RECOGNITION_MODE_DIGITS (accuracy, per
@@ -85,8 +86,12 @@ class OfflineDecoder:
 
 async def english_section(target: str, settings, limit: int | None = None) -> dict:
     from quietline.v1 import common_pb2
-    from services.asr.recording_stream import encode_for_line, stream_recording
+    from services.asr.recording_stream import TRAILING_SILENCE_S, encode_for_line, stream_recording
     from services.kit.audio import decode, read_recording, resample
+
+    def as_streamed(samples_16k: np.ndarray) -> np.ndarray:
+        """The audio the service hears: the clip and the client's trailing silence."""
+        return np.concatenate([samples_16k, np.zeros(int(TRAILING_SILENCE_S * 16000), dtype=np.float32)])
 
     pcm16 = common_pb2.AudioFormat(encoding=common_pb2.AUDIO_ENCODING_PCM16, sample_rate_hz=16000)
     mulaw = common_pb2.AudioFormat(encoding=common_pb2.AUDIO_ENCODING_MULAW, sample_rate_hz=8000)
@@ -102,8 +107,9 @@ async def english_section(target: str, settings, limit: int | None = None) -> di
         phone = await stream_recording(target, line_bytes, mulaw, language="en", realtime=False)
         rows.append({
             "audio": entry["audio"], "reference": entry["reference"], "duration_s": round(len(samples) / 16000, 2),
-            "streaming": live.text, "offline": offline.transcribe(samples),
-            "streaming_mulaw": phone.text, "offline_mulaw": offline.transcribe(line_16k),
+            "streaming": live.text, "offline": offline.transcribe(as_streamed(samples)),
+            "streaming_mulaw": phone.text, "offline_mulaw": offline.transcribe(as_streamed(line_16k)),
+            "offline_clip_only": offline.transcribe(samples),
             "end_of_speech_to_final_ms": live.as_dict()["end_of_speech_to_final_ms"],
             "flush_to_final_ms": live.as_dict()["request_to_final_ms"],
             "speech_start_to_first_interim_ms": live.speech_start_to_first_interim_ms,
@@ -111,12 +117,16 @@ async def english_section(target: str, settings, limit: int | None = None) -> di
         })
     references = [r["reference"] for r in rows]
     wer = {kind: corpus_wer(references, [r[kind] for r in rows])
-           for kind in ("streaming", "offline", "streaming_mulaw", "offline_mulaw")}
+           for kind in ("streaming", "offline", "streaming_mulaw", "offline_mulaw", "offline_clip_only")}
     return {
         "clips": len(rows),
         "audio_s": round(sum(r["duration_s"] for r in rows), 1),
         "wer": wer,
+        # Offline decodes the audio the stream carried (the clip and the client's trailing silence);
+        # offline_clip_only decodes the clip alone.
         "wer_ratio_streaming_to_offline": round(wer["streaming"] / wer["offline"], 3) if wer["offline"] else None,
+        "wer_ratio_streaming_to_offline_clip_only": (round(wer["streaming"] / wer["offline_clip_only"], 3)
+                                                    if wer["offline_clip_only"] else None),
         "wer_ratio_streaming_to_offline_mulaw": (round(wer["streaming_mulaw"] / wer["offline_mulaw"], 3)
                                                  if wer["offline_mulaw"] else None),
         "end_of_speech_to_final_ms": percentiles([r["end_of_speech_to_final_ms"] for r in rows]),

@@ -34,6 +34,9 @@ from services.kit.channels import open_channel
 FRAME_MS = 20
 # In a capture mode the client asks for the final only after this much of the recording without speech.
 CAPTURE_PAUSE_S = 0.7
+# The caller stays on the line this long after the recording ends (digital silence), so the service's
+# VAD can see the stop.
+TRAILING_SILENCE_S = 0.6
 
 
 @dataclass
@@ -78,14 +81,13 @@ async def stream_recording(
     language: str = "",
     hotwords: list[str] | None = None,
     realtime: bool = True,
-    trailing_silence_s: float = 0.6,
+    trailing_silence_s: float = TRAILING_SILENCE_S,
     deadline_s: float = 600.0,
 ) -> StreamedRecognition:
     """Stream `wire_audio` (already in `fmt`) to the asr service at `target`; collect and time the results."""
     bytes_per_sample = 2 if fmt.encoding == common_pb2.AUDIO_ENCODING_PCM16 else 1
     frame_bytes = fmt.sample_rate_hz * FRAME_MS // 1000 * bytes_per_sample
     silence_sample = audio.encode(np.zeros(1, dtype=np.float32), fmt.encoding)
-    # The caller stays on the line a moment after speaking, so the service's VAD can see the stop.
     wire_audio = wire_audio + silence_sample * int(fmt.sample_rate_hz * trailing_silence_s)
     result = StreamedRecognition(audio_s=len(wire_audio) / bytes_per_sample / fmt.sample_rate_hz)
     started = time.perf_counter()
