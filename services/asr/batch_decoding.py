@@ -12,7 +12,9 @@ log-probability and no-speech thresholds, timestamp splitting and seeking past a
 word alignment, mapping times back through the filtered-out silence), so a batch of one gives the
 same words as `transcribe(..., vad_filter=True, word_timestamps=True, condition_on_previous_text=False)`
 (tests/test_asr_batching.py). The windows of one call share the decode settings (`BatchSettings`) and
-the language; the recogniser groups them so.
+the language; the recogniser groups them so. Two of the pieces are faster-whisper methods outside its
+documented API (`_split_segments_by_timestamps`, `add_word_timestamps`), which is one reason the
+package is pinned; the equality test catches an upgrade that changes them.
 
 Where batching differs from one window at a time: a fallback decode at a higher temperature, or a
 window that needs a second 30 s frame, re-encodes only those windows (both are rare: windows are
