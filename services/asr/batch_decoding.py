@@ -99,7 +99,9 @@ def _preparation_pool() -> ThreadPoolExecutor:
                               thread_name_prefix="asr-batch-prepare")
 
 
+@functools.cache
 def _transcribe_defaults() -> dict[str, Any]:
+    """WhisperModel.transcribe()'s keyword defaults, read once (callers copy before changing them)."""
     from faster_whisper import WhisperModel
 
     return {name: parameter.default for name, parameter in inspect.signature(WhisperModel.transcribe).parameters.items()

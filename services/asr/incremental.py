@@ -22,9 +22,9 @@ drive the same code:
 
 Measured with `make bench-asr` on the 46 shared English clips (tiny.en, beam 1): WER 9.27% for the
 streamed finals against 8.97% for one offline decode of the same audio (ratio 1.03); finals made of
-committed words plus the tail gave 9.57%. Cutting the decoded audio to the uncommitted tail (eagerly, or at the final) cost 2
-to 3 points of WER, so the window keeps committed audio until it must be bounded; decoding it costs
-little more, since Whisper's encoder always runs on a 30 s frame.
+committed words plus the tail gave 9.57%. Cutting the decoded audio to the uncommitted tail (eagerly,
+or at the final) cost 2 to 3 points of WER, so the window keeps committed audio until it must be
+bounded; decoding it costs little more, since Whisper's encoder always runs on a 30 s frame.
 
 Word times are seconds from the start of the stream; sample positions count wire-rate samples from
 the start of the stream.

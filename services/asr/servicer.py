@@ -156,7 +156,7 @@ class DecodeSlots:
         while self._free and self._waiters:
             leader = heapq.heappop(self._waiters)
             batch = [leader]
-            for entry in heapq.nsmallest(len(self._waiters), self._waiters):
+            for entry in sorted(self._waiters):
                 if len(batch) == self.max_batch:
                     break
                 if entry[2] == leader[2]:
