@@ -4,6 +4,7 @@
     quietline down | status [--json]
     quietline call AUDIO.wav | --demo [--json] [--out reply.wav]
     quietline asr AUDIO.wav [--mode digits] [--language xx] [--line pcm16|mulaw|alaw] [--fast] [--json]
+    quietline kb ingest PATH [--collection C] | kb search "QUERY" [--collection C] [--k 5] [--json] | kb stats
 
 Every failure prints one line naming the problem and the fix, and exits non-zero:
 2 for bad input or configuration, 3 when the appliance is not running or a service is down.
@@ -211,6 +212,96 @@ def command_asr(args) -> int:
     return 0
 
 
+def _knowledge_call(settings: QuietLineSettings, coroutine):
+    """Run one knowledge RPC; its refusal becomes a CliError with the service's own message."""
+    import grpc
+
+    _require_services(settings, ("knowledge",))
+    try:
+        return asyncio.run(coroutine)
+    except grpc.aio.AioRpcError as err:
+        code = EXIT_UNAVAILABLE if err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) \
+            else EXIT_BAD_INPUT
+        raise CliError(f"knowledge: {err.details()}", code) from None
+
+
+def command_kb_ingest(args) -> int:
+    """Read a file or folder of documents and stream them to the knowledge service."""
+    from services.knowledge.client import ingest_documents
+    from services.knowledge.documents import DocumentError, read_documents_report
+
+    settings = _settings(args)
+    path = Path(args.path)
+    collection = args.collection or settings.knowledge.default_collection
+    # Everything is read before anything is sent: one bad file means nothing is ingested.
+    try:
+        report = read_documents_report(path, collection, max_bytes=settings.knowledge.max_document_bytes)
+    except DocumentError as err:
+        raise CliError(f"{err}\nnothing was ingested", EXIT_BAD_INPUT) from None
+    for skipped in report.skipped:
+        print(f"skipped (not a supported document type): {skipped}", file=sys.stderr)
+    if not report.documents:
+        raise CliError(f"{path} holds no documents (.md, .html, .pdf, .txt, .json, .csv): nothing was ingested",
+                       EXIT_BAD_INPUT)
+    # A folder is the whole truth for its files: documents from files deleted since are removed.
+    prune = path.resolve().as_uri().rstrip("/") + "/" if path.is_dir() else ""
+    counts = _knowledge_call(settings, ingest_documents(
+        settings.knowledge.endpoint.target, report.documents, prune_source_prefix=prune))
+    print(f"collection {collection}: {counts.documents_added} added, {counts.documents_updated} updated, "
+          f"{counts.documents_unchanged} unchanged, {counts.documents_removed} removed; "
+          f"{counts.chunks_written} chunks written")
+    return 0
+
+
+def command_kb_search(args) -> int:
+    """Search the knowledge base and print the passages (or --json hits)."""
+    from quietline.v1 import knowledge_pb2
+    from services.knowledge.client import search_passages
+
+    settings = _settings(args)
+    request = knowledge_pb2.SearchRequest(
+        query=args.query, top_k=args.k, collections=args.collection or [],
+        mode=getattr(knowledge_pb2, f"SEARCH_MODE_{args.mode.upper()}"), distinct_documents=args.distinct,
+    )
+    passages = _knowledge_call(settings, search_passages(settings.knowledge.endpoint.target, request))
+    hits = [
+        {"document_id": p.document_id, "title": p.title, "section": p.section, "snippet": p.snippet,
+         "score": round(p.score, 6), "collection": p.collection, "version": p.version,
+         "snippet_start": p.snippet_start, "snippet_end": p.snippet_end, "source_uri": p.source_uri}
+        for p in passages
+    ]
+    if args.json:
+        print(json.dumps(hits, indent=2))
+        return 0
+    if not hits:
+        print("no passages found")
+    for rank, hit in enumerate(hits, start=1):
+        print(f"{rank}. {hit['title']} [{hit['collection']}/{hit['document_id']} v{hit['version']}]"
+              f"{' > ' + hit['section'] if hit['section'] else ''}  score {hit['score']:.4f}")
+        print(f"   {hit['snippet']}")
+    return 0
+
+
+def command_kb_stats(args) -> int:
+    """Documents, chunks and versions per collection."""
+    from google.protobuf.json_format import MessageToDict
+
+    from services.knowledge.client import collection_stats
+
+    settings = _settings(args)
+    stats = _knowledge_call(settings, collection_stats(settings.knowledge.endpoint.target))
+    if args.json:
+        print(json.dumps(MessageToDict(stats, always_print_fields_with_no_presence=True,
+                                       preserving_proto_field_name=True), indent=2))
+        return 0
+    print(f"embedding model {stats.embedding_model}, {stats.chunk_words} words per chunk")
+    print(f"{'collection':<24} {'documents':>9} {'chunks':>8} {'versions':>8} {'removed':>7}  last ingested")
+    for row in stats.collections:
+        print(f"{row.collection:<24} {row.documents:>9} {row.chunks:>8} {row.versions:>8} "
+              f"{row.removed_documents:>7}  {row.last_ingested_at or '-'}")
+    return 0
+
+
 def _quiet_pipecat_logs() -> None:
     from loguru import logger
 
@@ -249,6 +340,23 @@ def build_parser() -> argparse.ArgumentParser:
     asr.add_argument("--fast", action="store_true", help="send as fast as possible instead of in real time")
     asr.add_argument("--json", action="store_true")
     asr.set_defaults(handler=command_asr)
+    kb = sub.add_parser("kb", help="the knowledge base: ingest documents, search, stats")
+    kb_sub = kb.add_subparsers(dest="kb_command", required=True)
+    ingest = with_config(kb_sub.add_parser("ingest", help="add or update documents from a file or folder"))
+    ingest.add_argument("path", help="a document or a folder (.md .html .pdf .txt .json .csv FAQ)")
+    ingest.add_argument("--collection", help="collection to ingest into (default: knowledge.default_collection)")
+    ingest.set_defaults(handler=command_kb_ingest)
+    search = with_config(kb_sub.add_parser("search", help="find passages with citations"))
+    search.add_argument("query")
+    search.add_argument("--collection", action="append", help="collection to search (repeatable)")
+    search.add_argument("--k", type=int, default=5, help="passages wanted (default 5)")
+    search.add_argument("--mode", choices=["hybrid", "vector", "lexical"], default="hybrid")
+    search.add_argument("--distinct", action="store_true", help="at most one passage per document")
+    search.add_argument("--json", action="store_true")
+    search.set_defaults(handler=command_kb_search)
+    stats = with_config(kb_sub.add_parser("stats", help="documents, chunks and versions per collection"))
+    stats.add_argument("--json", action="store_true")
+    stats.set_defaults(handler=command_kb_stats)
     return parser
 
 

@@ -110,6 +110,11 @@ class KnowledgeSettings(_Section):
     # Folder ingested at first start when the knowledge base is empty ("" disables it).
     seed_documents: str = str(REPO_ROOT / "services" / "knowledge" / "sample_kb")
     default_collection: str = "default"
+    # Language of the indexed documents (full-text configuration and embedding model); a query
+    # confidently in another language is refused.
+    language: Literal["en"] = "en"
+    # Largest document accepted, from a file or over gRPC.
+    max_document_bytes: int = Field(default=20 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
 
 
 class LlmSettings(_Section):

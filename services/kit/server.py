@@ -44,6 +44,8 @@ class ServiceSpec:
     setup: Callable[[grpc.aio.Server, QuietLineSettings], Awaitable[list[str]]]
     teardown: Callable[[], Awaitable[None]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # Largest request message the server accepts; None keeps grpc's 4 MiB default.
+    max_request_bytes: Callable[[QuietLineSettings], int] | None = None
 
 
 class _TimingInterceptor(grpc.aio.ServerInterceptor):
@@ -131,7 +133,10 @@ async def serve(spec: ServiceSpec, settings: QuietLineSettings) -> None:
             f"{spec.name}: endpoint.host {endpoint.host} is not loopback; non-loopback listening requires "
             "mTLS, which this build does not configure yet: use 127.0.0.1"
         )
-    server = grpc.aio.server(interceptors=[_TimingInterceptor(spec.name)])
+    options = []
+    if spec.max_request_bytes is not None:
+        options.append(("grpc.max_receive_message_length", spec.max_request_bytes(settings)))
+    server = grpc.aio.server(interceptors=[_TimingInterceptor(spec.name)], options=options)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     try:

@@ -81,7 +81,9 @@ async def teardown() -> None:
 
 
 SPEC = ServiceSpec(
-    name="knowledge", endpoint=lambda settings: settings.knowledge.endpoint, setup=setup, teardown=teardown
+    name="knowledge", endpoint=lambda settings: settings.knowledge.endpoint, setup=setup, teardown=teardown,
+    # A document travels in one message: room for the largest allowed plus the message's other fields.
+    max_request_bytes=lambda settings: settings.knowledge.max_document_bytes + 1024 * 1024,
 )
 
 if __name__ == "__main__":

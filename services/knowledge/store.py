@@ -8,9 +8,11 @@ registered, so numpy arrays go in and out as `vector` values.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from datetime import date, datetime
 from pathlib import Path
 
 import numpy as np
@@ -31,15 +33,26 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # apply each migration exactly once.
 MIGRATION_LOCK = "quietline.knowledge.migrations"
 CONNECT_TIMEOUT_S = 10
-# Candidates taken from each of the vector and the full-text ranking before fusion.
+# Candidates taken from each of the vector and the full-text ranking before fusion; the HNSW scan
+# offers at least as many (hnsw.ef_search), and iterative scans keep going when a collection
+# filter drops neighbours.
 MIN_CANDIDATES = 50
-MAX_CANDIDATES = 100
+MAX_CANDIDATES = 200
 # Reciprocal rank fusion constant (Cormack et al. 2009): score = sum over rankings of 1 / (k + rank).
 RRF_K = 60
+# ts_rank normalisation 1: divide by 1 + log(length), so long chunks do not win by length alone.
+TS_RANK_NORMALISATION = 1
 
-SEARCH_SQL = """
-WITH semantic AS (
-    SELECT id, row_number() OVER (ORDER BY distance) AS rank
+# The lexical ranking matches ANY of the query's lexemes (an OR query): a caller's sentence has
+# words no passage shares, and websearch_to_tsquery's AND of all of them would match nothing.
+# Lexemes come from to_tsvector, so stemming and stop words follow the index's configuration.
+_LEXICAL_QUERY = """
+    SELECT coalesce(string_agg(quote_literal(lexeme), ' | '), '')::tsquery AS query
+    FROM unnest(to_tsvector('english', %(query)s)) AS lexemes
+    WHERE position(E'\\\\' IN lexeme) = 0
+"""
+_SEMANTIC_RANKING = """
+    SELECT id, row_number() OVER (ORDER BY distance, id) AS rank
     FROM (
         SELECT id, embedding <=> %(embedding)s AS distance
         FROM chunks
@@ -47,44 +60,81 @@ WITH semantic AS (
         ORDER BY distance
         LIMIT %(candidates)s
     ) AS nearest
-),
-lexical AS (
+"""
+_LEXICAL_RANKING = f"""
     SELECT id, row_number() OVER (ORDER BY relevance DESC, id) AS rank
     FROM (
-        SELECT id, ts_rank(tsv, query) AS relevance
-        FROM chunks, websearch_to_tsquery('english', %(query)s) AS query
+        SELECT id, ts_rank(tsv, query, {TS_RANK_NORMALISATION}) AS relevance
+        FROM chunks, ({_LEXICAL_QUERY}) AS lexical_query
         WHERE collection = ANY(%(collections)s) AND tsv @@ query
         ORDER BY relevance DESC
         LIMIT %(candidates)s
     ) AS matched
-),
+"""
+_RANKINGS = {
+    "hybrid": f"SELECT * FROM ({_SEMANTIC_RANKING}) AS s UNION ALL SELECT * FROM ({_LEXICAL_RANKING}) AS l",
+    "vector": _SEMANTIC_RANKING,
+    "lexical": _LEXICAL_RANKING,
+}
+# Fused score per chunk, then (when distinct) only each document's best chunk, best first.
+_SEARCH_TEMPLATE = """
+WITH ranked AS ({ranking}),
 fused AS (
-    SELECT id, sum(1.0 / (%(rrf_k)s + rank)) AS score
-    FROM (SELECT id, rank FROM semantic UNION ALL SELECT id, rank FROM lexical) AS ranked
-    GROUP BY id
+    SELECT id, sum(1.0 / (%(rrf_k)s + rank)) AS score FROM ranked GROUP BY id
+),
+scored AS (
+    SELECT c.id, c.collection, c.document_id, c.section, c.text, c.start_char, c.end_char, c.version,
+           c.chunk_hash, f.score,
+           row_number() OVER (PARTITION BY c.collection, c.document_id ORDER BY f.score DESC, c.id) AS in_document
+    FROM fused AS f JOIN chunks AS c ON c.id = f.id
 )
-SELECT c.document_id, d.title, c.section, c.text, f.score::float8, c.collection,
-       c.start_char, c.end_char, d.source_uri
-FROM fused AS f
-JOIN chunks AS c ON c.id = f.id
-JOIN documents AS d ON d.collection = c.collection AND d.document_id = c.document_id
-ORDER BY f.score DESC, c.id
+SELECT s.document_id, d.title, s.section, s.text, s.score::float8, s.collection, s.start_char, s.end_char,
+       d.source_uri, s.version, coalesce(d.effective_date::text, ''), d.kind, s.chunk_hash
+FROM scored AS s
+JOIN documents AS d ON d.collection = s.collection AND d.document_id = s.document_id
+WHERE NOT %(distinct)s OR s.in_document = 1
+ORDER BY s.score DESC, s.id
 LIMIT %(top_k)s
 """
+SEARCH_SQL = {mode: _SEARCH_TEMPLATE.format(ranking=ranking) for mode, ranking in _RANKINGS.items()}
 
-UPSERT_DOCUMENT_SQL = """
-INSERT INTO documents (collection, document_id, title, source_uri, content_hash, content)
-VALUES (%(collection)s, %(document_id)s, %(title)s, %(source_uri)s, %(content_hash)s, %(content)s)
-ON CONFLICT (collection, document_id) DO UPDATE
-SET title = EXCLUDED.title, source_uri = EXCLUDED.source_uri, content_hash = EXCLUDED.content_hash,
-    content = EXCLUDED.content, version = documents.version + 1, updated_at = now()
-WHERE documents.content_hash <> EXCLUDED.content_hash
+# Writers of one document serialise on this lock, also when the document does not exist yet.
+_DOCUMENT_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended(%s || '/' || %s, 0))"
+
+_INSERT_VERSION = """
+INSERT INTO document_versions
+    (collection, document_id, version, title, source_uri, content_hash, content, effective_date, kind)
+SELECT %(collection)s, %(document_id)s, coalesce(max(version), 0) + 1, %(title)s, %(source_uri)s,
+       %(content_hash)s, %(content)s, %(effective_date)s, %(kind)s
+FROM document_versions WHERE collection = %(collection)s AND document_id = %(document_id)s
 RETURNING version
 """
-
-INSERT_CHUNK_SQL = """
-INSERT INTO chunks (collection, document_id, ordinal, title, section, text, start_char, end_char, embedding)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
+_UPSERT_DOCUMENT = """
+INSERT INTO documents (collection, document_id, title, source_uri, content_hash, version, effective_date, kind)
+VALUES (%(collection)s, %(document_id)s, %(title)s, %(source_uri)s, %(content_hash)s, %(version)s,
+        %(effective_date)s, %(kind)s)
+ON CONFLICT (collection, document_id) DO UPDATE
+SET title = EXCLUDED.title, source_uri = EXCLUDED.source_uri, content_hash = EXCLUDED.content_hash,
+    version = EXCLUDED.version, effective_date = EXCLUDED.effective_date, kind = EXCLUDED.kind,
+    updated_at = now()
+"""
+_INSERT_CHUNK = """
+INSERT INTO chunks (collection, document_id, ordinal, title, section, text, start_char, end_char, embedding,
+                    version, chunk_hash, embedding_key)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+"""
+_CLOSE_CURRENT_VERSION = """
+UPDATE document_versions SET superseded_at = now(), removed = %(removed)s
+WHERE collection = %(collection)s AND document_id = %(document_id)s AND superseded_at IS NULL
+"""
+_STATS = """
+SELECT c.name,
+       (SELECT count(*) FROM documents AS d WHERE d.collection = c.name),
+       (SELECT count(*) FROM chunks AS k WHERE k.collection = c.name),
+       (SELECT count(*) FROM document_versions AS v WHERE v.collection = c.name),
+       (SELECT count(*) FROM document_versions AS v WHERE v.collection = c.name AND v.removed),
+       (SELECT max(created_at) FROM document_versions AS v WHERE v.collection = c.name)
+FROM collections AS c ORDER BY c.name
 """
 
 
@@ -94,7 +144,7 @@ class StoreError(ConfigError):
 
 @dataclass(frozen=True)
 class StoredDocument:
-    """A document as written to the `documents` table."""
+    """A document version as written to `document_versions` (and, while current, `documents`)."""
 
     collection: str
     document_id: str
@@ -102,6 +152,17 @@ class StoredDocument:
     source_uri: str
     content_hash: str
     content: str
+    effective_date: date | None = None
+    kind: int = 0
+
+
+@dataclass(frozen=True)
+class EmbeddedChunk:
+    """A chunk ready to store: its place in the document, its vector and the key that vector is reused by."""
+
+    chunk: Chunk
+    embedding: np.ndarray
+    embedding_key: str
 
 
 @dataclass(frozen=True)
@@ -117,6 +178,38 @@ class SearchHit:
     start_char: int
     end_char: int
     source_uri: str
+    version: int
+    effective_date: str
+    kind: int
+    chunk_hash: str
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    """One row of `document_versions`: what a citation of that version points into."""
+
+    document: StoredDocument
+    version: int
+    created_at: datetime
+    superseded_at: datetime | None
+    removed: bool
+
+
+@dataclass(frozen=True)
+class CollectionCounts:
+    """What one collection holds, for `quietline kb stats`."""
+
+    collection: str
+    documents: int
+    chunks: int
+    versions: int
+    removed_documents: int
+    last_ingested_at: datetime | None
+
+
+def chunk_hash(text: str) -> str:
+    """sha256 of a chunk's text, stored with it so a quoted passage can be checked."""
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def describe_dsn(dsn: str) -> str:
@@ -172,7 +265,7 @@ async def apply_migrations(conn: psycopg.AsyncConnection, schema: str = SCHEMA) 
 async def _configure_connection(conn: psycopg.AsyncConnection) -> None:
     await conn.execute(f"SET search_path TO {SCHEMA}, public")
     await register_vector_async(conn)
-    # The HNSW scan must offer at least as many neighbours as a search asks for.
+    # The HNSW scan must offer at least as many neighbours as a search takes as candidates.
     await conn.execute(f"SET hnsw.ef_search = {MAX_CANDIDATES}")
     try:
         # pgvector 0.8+: keep scanning the graph when the collection filter drops neighbours.
@@ -226,14 +319,20 @@ class KnowledgeStore:
         await self.pool.close()
 
     async def count_documents(self, collection: str) -> int:
-        """How many documents `collection` holds."""
+        """How many searchable documents `collection` holds."""
         async with self.pool.connection() as conn:
             cursor = await conn.execute("SELECT count(*) FROM documents WHERE collection = %s", [collection])
             row = await cursor.fetchone()
         return int(row[0])
 
+    async def collection_names(self) -> list[str]:
+        """Every collection, by name."""
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute("SELECT name FROM collections ORDER BY name")
+            return [row[0] for row in await cursor.fetchall()]
+
     async def content_hashes(self, collection: str, document_ids: Sequence[str]) -> dict[str, str]:
-        """The stored content hash of each of `document_ids` that `collection` already holds."""
+        """The stored content hash of each of `document_ids` that `collection` currently holds."""
         async with self.pool.connection() as conn:
             cursor = await conn.execute(
                 "SELECT document_id, content_hash FROM documents WHERE collection = %s AND document_id = ANY(%s)",
@@ -241,41 +340,122 @@ class KnowledgeStore:
             )
             return {document_id: digest for document_id, digest in await cursor.fetchall()}
 
-    async def write_document(self, document: StoredDocument, chunks: Sequence[Chunk], embeddings: np.ndarray) -> str:
-        """Insert or replace a document and all its chunks in one transaction.
+    async def stored_embeddings(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
+        """Vectors already stored under any of `keys` (see EmbeddedChunk.embedding_key)."""
+        if not keys:
+            return {}
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(
+                "SELECT DISTINCT ON (embedding_key) embedding_key, embedding FROM chunks WHERE embedding_key = ANY(%s)",
+                [list(set(keys))],
+            )
+            return {key: vector for key, vector in await cursor.fetchall()}
 
-        Returns "added", "updated", or "unchanged" when the stored hash already equals the document's
-        (another writer got there first); readers never see a half-indexed document.
+    async def write_document(self, document: StoredDocument, chunks: Sequence[EmbeddedChunk]) -> str:
+        """Make `document` the current version of its id, with exactly `chunks`, in one transaction.
+
+        The previous version stays in `document_versions` (closed by superseded_at) so its citations
+        still resolve. Returns "added", "updated", or "unchanged" when the current version already
+        has this content hash (another writer got there first); readers never see a half-indexed
+        document.
         """
-        if len(chunks) != len(embeddings):
-            raise ValueError(f"{len(chunks)} chunks but {len(embeddings)} embeddings")
         async with self.pool.connection() as conn, conn.transaction():
-            # The upsert locks the document's row, so concurrent writers of one document take turns.
-            cursor = await conn.execute(UPSERT_DOCUMENT_SQL, asdict(document))
-            row = await cursor.fetchone()
-            if row is None:
+            await conn.execute(_DOCUMENT_LOCK, [document.collection, document.document_id])
+            cursor = await conn.execute(
+                "SELECT content_hash FROM documents WHERE collection = %s AND document_id = %s",
+                [document.collection, document.document_id],
+            )
+            current = await cursor.fetchone()
+            if current is not None and current[0] == document.content_hash:
                 return "unchanged"
+            await conn.execute(
+                "INSERT INTO collections (name) VALUES (%s) ON CONFLICT DO NOTHING", [document.collection]
+            )
+            await conn.execute(_CLOSE_CURRENT_VERSION, {**asdict(document), "removed": False})
+            cursor = await conn.execute(_INSERT_VERSION, asdict(document))
+            (version,) = await cursor.fetchone()
+            await conn.execute(_UPSERT_DOCUMENT, {**asdict(document), "version": version})
             await conn.execute(
                 "DELETE FROM chunks WHERE collection = %s AND document_id = %s",
                 [document.collection, document.document_id],
             )
             async with conn.cursor() as chunk_cursor:
-                await chunk_cursor.executemany(INSERT_CHUNK_SQL, [
-                    (document.collection, document.document_id, chunk.ordinal, document.title, chunk.section,
-                     chunk.text, chunk.start_char, chunk.end_char, vector)
-                    for chunk, vector in zip(chunks, embeddings, strict=True)
+                await chunk_cursor.executemany(_INSERT_CHUNK, [
+                    (document.collection, document.document_id, item.chunk.ordinal, document.title,
+                     item.chunk.section, item.chunk.text, item.chunk.start_char, item.chunk.end_char,
+                     item.embedding, version, chunk_hash(item.chunk.text), item.embedding_key)
+                    for item in chunks
                 ])
-        return "added" if row[0] == 1 else "updated"
+        return "updated" if current is not None else "added"
+
+    async def remove_documents(self, collection: str, document_ids: Sequence[str]) -> list[str]:
+        """Take documents out of search (their versions stay resolvable); returns the ids removed."""
+        removed: list[str] = []
+        async with self.pool.connection() as conn, conn.transaction():
+            for document_id in sorted(set(document_ids)):
+                await conn.execute(_DOCUMENT_LOCK, [collection, document_id])
+                cursor = await conn.execute(
+                    "DELETE FROM documents WHERE collection = %s AND document_id = %s RETURNING document_id",
+                    [collection, document_id],
+                )
+                if await cursor.fetchone() is None:
+                    continue
+                await conn.execute(
+                    _CLOSE_CURRENT_VERSION, {"collection": collection, "document_id": document_id, "removed": True}
+                )
+                removed.append(document_id)
+        return removed
+
+    async def documents_under(self, collection: str, source_prefix: str) -> list[str]:
+        """Ids of the current documents of `collection` whose source_uri starts with `source_prefix`."""
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(
+                "SELECT document_id FROM documents WHERE collection = %s AND starts_with(source_uri, %s)",
+                [collection, source_prefix],
+            )
+            return [row[0] for row in await cursor.fetchall()]
+
+    async def document_version(self, collection: str, document_id: str, version: int = 0) -> VersionRecord | None:
+        """A document as stored at `version` (0: the latest version), or None if there is no such version."""
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(
+                """
+                SELECT title, source_uri, content_hash, content, effective_date, kind, version, created_at,
+                       superseded_at, removed
+                FROM document_versions
+                WHERE collection = %s AND document_id = %s AND (version = %s OR %s = 0)
+                ORDER BY version DESC LIMIT 1
+                """,
+                [collection, document_id, version, version],
+            )
+            row = await cursor.fetchone()
+        if row is None:
+            return None
+        title, source_uri, digest, content, effective, kind, number, created, superseded, removed = row
+        document = StoredDocument(collection, document_id, title, source_uri, digest, content, effective, kind)
+        return VersionRecord(document, number, created, superseded, removed)
+
+    async def collection_counts(self) -> list[CollectionCounts]:
+        """Documents, chunks and versions of every collection."""
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(_STATS)
+            return [CollectionCounts(*row) for row in await cursor.fetchall()]
 
     async def search(
-        self, query: str, embedding: np.ndarray, collections: Sequence[str], top_k: int
+        self, query: str, embedding: np.ndarray, collections: Sequence[str], top_k: int,
+        mode: str = "hybrid", distinct_documents: bool = False,
     ) -> list[SearchHit]:
-        """The `top_k` chunks of `collections` best by reciprocal rank fusion of vector and full-text rank."""
+        """The `top_k` best chunks of `collections` by `mode` ("hybrid": reciprocal rank fusion of the
+        vector and the full-text ranking; "vector"; "lexical"), at most one per document when
+        `distinct_documents`."""
+        # Distinct documents need more candidates: a document often has several good chunks.
+        wanted = top_k * (4 if distinct_documents else 2)
         parameters = {
             "query": query, "embedding": embedding, "collections": list(collections), "top_k": top_k,
-            "candidates": min(MAX_CANDIDATES, max(MIN_CANDIDATES, 2 * top_k)), "rrf_k": RRF_K,
+            "candidates": min(MAX_CANDIDATES, max(MIN_CANDIDATES, wanted)), "rrf_k": RRF_K,
+            "distinct": distinct_documents,
         }
         async with self.pool.connection() as conn:
-            cursor = await conn.execute(SEARCH_SQL, parameters)
+            cursor = await conn.execute(SEARCH_SQL[mode], parameters)
             rows = await cursor.fetchall()
         return [SearchHit(*row) for row in rows]

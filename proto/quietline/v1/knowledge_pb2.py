@@ -25,25 +25,45 @@ _sym_db = _symbol_database.Default()
 from quietline.v1 import common_pb2 as quietline_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cquietline/v1/knowledge.proto\x12\x0cquietline.v1\x1a\x19quietline/v1/common.proto\"g\n\rSearchRequest\x12#\n\x04\x63\x61ll\x18\x01 \x01(\x0b\x32\x15.quietline.v1.CallRef\x12\r\n\x05query\x18\x02 \x01(\t\x12\r\n\x05top_k\x18\x03 \x01(\r\x12\x13\n\x0b\x63ollections\x18\x04 \x03(\t\"\xa9\x01\n\x07Passage\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x0f\n\x07section\x18\x03 \x01(\t\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\r\n\x05score\x18\x05 \x01(\x02\x12\x12\n\ncollection\x18\x06 \x01(\t\x12\x12\n\nstart_char\x18\x07 \x01(\r\x12\x10\n\x08\x65nd_char\x18\x08 \x01(\r\x12\x12\n\nsource_uri\x18\t \x01(\t\"9\n\x0eSearchResponse\x12\'\n\x08passages\x18\x01 \x03(\x0b\x32\x15.quietline.v1.Passage\"g\n\x08\x44ocument\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\t\x12\x12\n\nsource_uri\x18\x04 \x01(\t\x12\x12\n\ncollection\x18\x05 \x01(\t\"9\n\rIngestRequest\x12(\n\x08\x64ocument\x18\x01 \x01(\x0b\x32\x16.quietline.v1.Document\"y\n\x0eIngestResponse\x12\x17\n\x0f\x64ocuments_added\x18\x01 \x01(\r\x12\x19\n\x11\x64ocuments_updated\x18\x02 \x01(\r\x12\x1b\n\x13\x64ocuments_unchanged\x18\x03 \x01(\r\x12\x16\n\x0e\x63hunks_written\x18\x04 \x01(\r2\x97\x01\n\tKnowledge\x12\x43\n\x06Search\x12\x1b.quietline.v1.SearchRequest\x1a\x1c.quietline.v1.SearchResponse\x12\x45\n\x06Ingest\x12\x1b.quietline.v1.IngestRequest\x1a\x1c.quietline.v1.IngestResponse(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cquietline/v1/knowledge.proto\x12\x0cquietline.v1\x1a\x19quietline/v1/common.proto\"\xbd\x01\n\rSearchRequest\x12#\n\x04\x63\x61ll\x18\x01 \x01(\x0b\x32\x15.quietline.v1.CallRef\x12\r\n\x05query\x18\x02 \x01(\t\x12\r\n\x05top_k\x18\x03 \x01(\r\x12\x13\n\x0b\x63ollections\x18\x04 \x03(\t\x12&\n\x04mode\x18\x05 \x01(\x0e\x32\x18.quietline.v1.SearchMode\x12\x1a\n\x12\x64istinct_documents\x18\x06 \x01(\x08\x12\x10\n\x08verbatim\x18\x07 \x01(\x08\"\xcd\x02\n\x07Passage\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x0f\n\x07section\x18\x03 \x01(\t\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\r\n\x05score\x18\x05 \x01(\x02\x12\x12\n\ncollection\x18\x06 \x01(\t\x12\x12\n\nstart_char\x18\x07 \x01(\r\x12\x10\n\x08\x65nd_char\x18\x08 \x01(\r\x12\x12\n\nsource_uri\x18\t \x01(\t\x12\x0f\n\x07version\x18\n \x01(\r\x12\x16\n\x0e\x65\x66\x66\x65\x63tive_date\x18\x0b \x01(\t\x12(\n\x04kind\x18\x0c \x01(\x0e\x32\x1a.quietline.v1.DocumentKind\x12\x0f\n\x07snippet\x18\r \x01(\t\x12\x15\n\rsnippet_start\x18\x0e \x01(\r\x12\x13\n\x0bsnippet_end\x18\x0f \x01(\r\x12\x12\n\nchunk_hash\x18\x10 \x01(\t\"9\n\x0eSearchResponse\x12\'\n\x08passages\x18\x01 \x03(\x0b\x32\x15.quietline.v1.Passage\"\xa9\x01\n\x08\x44ocument\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\t\x12\x12\n\nsource_uri\x18\x04 \x01(\t\x12\x12\n\ncollection\x18\x05 \x01(\t\x12\x16\n\x0e\x65\x66\x66\x65\x63tive_date\x18\x06 \x01(\t\x12(\n\x04kind\x18\x07 \x01(\x0e\x32\x1a.quietline.v1.DocumentKind\",\n\rIngestOptions\x12\x1b\n\x13prune_source_prefix\x18\x01 \x01(\t\"g\n\rIngestRequest\x12(\n\x08\x64ocument\x18\x01 \x01(\x0b\x32\x16.quietline.v1.Document\x12,\n\x07options\x18\x02 \x01(\x0b\x32\x1b.quietline.v1.IngestOptions\"\x94\x01\n\x0eIngestResponse\x12\x17\n\x0f\x64ocuments_added\x18\x01 \x01(\r\x12\x19\n\x11\x64ocuments_updated\x18\x02 \x01(\r\x12\x1b\n\x13\x64ocuments_unchanged\x18\x03 \x01(\r\x12\x16\n\x0e\x63hunks_written\x18\x04 \x01(\r\x12\x19\n\x11\x64ocuments_removed\x18\x05 \x01(\r\"B\n\x16RemoveDocumentsRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x14\n\x0c\x64ocument_ids\x18\x02 \x03(\t\"4\n\x17RemoveDocumentsResponse\x12\x19\n\x11\x64ocuments_removed\x18\x01 \x01(\r\"N\n\x12GetDocumentRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x13\n\x0b\x64ocument_id\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\r\"\x99\x01\n\x0f\x44ocumentVersion\x12(\n\x08\x64ocument\x18\x01 \x01(\x0b\x32\x16.quietline.v1.Document\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x0f\n\x07\x63urrent\x18\x03 \x01(\x08\x12\x12\n\ncreated_at\x18\x04 \x01(\t\x12\x15\n\rsuperseded_at\x18\x05 \x01(\t\x12\x0f\n\x07removed\x18\x06 \x01(\x08\"\x0e\n\x0cStatsRequest\"\x8f\x01\n\x0f\x43ollectionStats\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x11\n\tdocuments\x18\x02 \x01(\r\x12\x0e\n\x06\x63hunks\x18\x03 \x01(\r\x12\x10\n\x08versions\x18\x04 \x01(\r\x12\x19\n\x11removed_documents\x18\x05 \x01(\r\x12\x18\n\x10last_ingested_at\x18\x06 \x01(\t\"q\n\rStatsResponse\x12\x32\n\x0b\x63ollections\x18\x01 \x03(\x0b\x32\x1d.quietline.v1.CollectionStats\x12\x17\n\x0f\x65mbedding_model\x18\x02 \x01(\t\x12\x13\n\x0b\x63hunk_words\x18\x03 \x01(\r*U\n\nSearchMode\x12\x16\n\x12SEARCH_MODE_HYBRID\x10\x00\x12\x16\n\x12SEARCH_MODE_VECTOR\x10\x01\x12\x17\n\x13SEARCH_MODE_LEXICAL\x10\x02*@\n\x0c\x44ocumentKind\x12\x19\n\x15\x44OCUMENT_KIND_ARTICLE\x10\x00\x12\x15\n\x11\x44OCUMENT_KIND_FAQ\x10\x01\x32\x89\x03\n\tKnowledge\x12\x43\n\x06Search\x12\x1b.quietline.v1.SearchRequest\x1a\x1c.quietline.v1.SearchResponse\x12\x45\n\x06Ingest\x12\x1b.quietline.v1.IngestRequest\x1a\x1c.quietline.v1.IngestResponse(\x01\x12^\n\x0fRemoveDocuments\x12$.quietline.v1.RemoveDocumentsRequest\x1a%.quietline.v1.RemoveDocumentsResponse\x12N\n\x0bGetDocument\x12 .quietline.v1.GetDocumentRequest\x1a\x1d.quietline.v1.DocumentVersion\x12@\n\x05Stats\x12\x1a.quietline.v1.StatsRequest\x1a\x1b.quietline.v1.StatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'quietline.v1.knowledge_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SEARCHREQUEST']._serialized_start=73
-  _globals['_SEARCHREQUEST']._serialized_end=176
-  _globals['_PASSAGE']._serialized_start=179
-  _globals['_PASSAGE']._serialized_end=348
-  _globals['_SEARCHRESPONSE']._serialized_start=350
-  _globals['_SEARCHRESPONSE']._serialized_end=407
-  _globals['_DOCUMENT']._serialized_start=409
-  _globals['_DOCUMENT']._serialized_end=512
-  _globals['_INGESTREQUEST']._serialized_start=514
-  _globals['_INGESTREQUEST']._serialized_end=571
-  _globals['_INGESTRESPONSE']._serialized_start=573
-  _globals['_INGESTRESPONSE']._serialized_end=694
-  _globals['_KNOWLEDGE']._serialized_start=697
-  _globals['_KNOWLEDGE']._serialized_end=848
+  _globals['_SEARCHMODE']._serialized_start=1769
+  _globals['_SEARCHMODE']._serialized_end=1854
+  _globals['_DOCUMENTKIND']._serialized_start=1856
+  _globals['_DOCUMENTKIND']._serialized_end=1920
+  _globals['_SEARCHREQUEST']._serialized_start=74
+  _globals['_SEARCHREQUEST']._serialized_end=263
+  _globals['_PASSAGE']._serialized_start=266
+  _globals['_PASSAGE']._serialized_end=599
+  _globals['_SEARCHRESPONSE']._serialized_start=601
+  _globals['_SEARCHRESPONSE']._serialized_end=658
+  _globals['_DOCUMENT']._serialized_start=661
+  _globals['_DOCUMENT']._serialized_end=830
+  _globals['_INGESTOPTIONS']._serialized_start=832
+  _globals['_INGESTOPTIONS']._serialized_end=876
+  _globals['_INGESTREQUEST']._serialized_start=878
+  _globals['_INGESTREQUEST']._serialized_end=981
+  _globals['_INGESTRESPONSE']._serialized_start=984
+  _globals['_INGESTRESPONSE']._serialized_end=1132
+  _globals['_REMOVEDOCUMENTSREQUEST']._serialized_start=1134
+  _globals['_REMOVEDOCUMENTSREQUEST']._serialized_end=1200
+  _globals['_REMOVEDOCUMENTSRESPONSE']._serialized_start=1202
+  _globals['_REMOVEDOCUMENTSRESPONSE']._serialized_end=1254
+  _globals['_GETDOCUMENTREQUEST']._serialized_start=1256
+  _globals['_GETDOCUMENTREQUEST']._serialized_end=1334
+  _globals['_DOCUMENTVERSION']._serialized_start=1337
+  _globals['_DOCUMENTVERSION']._serialized_end=1490
+  _globals['_STATSREQUEST']._serialized_start=1492
+  _globals['_STATSREQUEST']._serialized_end=1506
+  _globals['_COLLECTIONSTATS']._serialized_start=1509
+  _globals['_COLLECTIONSTATS']._serialized_end=1652
+  _globals['_STATSRESPONSE']._serialized_start=1654
+  _globals['_STATSRESPONSE']._serialized_end=1767
+  _globals['_KNOWLEDGE']._serialized_start=1923
+  _globals['_KNOWLEDGE']._serialized_end=2316
 # @@protoc_insertion_point(module_scope)

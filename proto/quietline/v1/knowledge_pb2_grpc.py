@@ -44,20 +44,58 @@ class KnowledgeStub:
                 request_serializer=quietline_dot_v1_dot_knowledge__pb2.IngestRequest.SerializeToString,
                 response_deserializer=quietline_dot_v1_dot_knowledge__pb2.IngestResponse.FromString,
                 _registered_method=True)
+        self.RemoveDocuments = channel.unary_unary(
+                '/quietline.v1.Knowledge/RemoveDocuments',
+                request_serializer=quietline_dot_v1_dot_knowledge__pb2.RemoveDocumentsRequest.SerializeToString,
+                response_deserializer=quietline_dot_v1_dot_knowledge__pb2.RemoveDocumentsResponse.FromString,
+                _registered_method=True)
+        self.GetDocument = channel.unary_unary(
+                '/quietline.v1.Knowledge/GetDocument',
+                request_serializer=quietline_dot_v1_dot_knowledge__pb2.GetDocumentRequest.SerializeToString,
+                response_deserializer=quietline_dot_v1_dot_knowledge__pb2.DocumentVersion.FromString,
+                _registered_method=True)
+        self.Stats = channel.unary_unary(
+                '/quietline.v1.Knowledge/Stats',
+                request_serializer=quietline_dot_v1_dot_knowledge__pb2.StatsRequest.SerializeToString,
+                response_deserializer=quietline_dot_v1_dot_knowledge__pb2.StatsResponse.FromString,
+                _registered_method=True)
 
 
 class KnowledgeServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Search(self, request, context):
-        """Finds the passages most relevant to a query, with what is needed to cite them.
+        """Finds the passages most relevant to a query in the collections the caller may see, with what is
+        needed to cite and quote them. An unknown collection is NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Ingest(self, request_iterator, context):
-        """Adds or replaces documents. Unchanged documents (same content hash) cost nothing.
+        """Adds or replaces documents. Unchanged documents (same content hash) cost nothing; a changed one
+        replaces its chunks in one transaction. A collection is created by its first document.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveDocuments(self, request, context):
+        """Removes documents from search; their past versions stay resolvable with GetDocument.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDocument(self, request, context):
+        """A document as it was at a version: resolves a past answer's citation.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Stats(self, request, context):
+        """What each collection holds.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -75,6 +113,21 @@ def add_KnowledgeServicer_to_server(servicer, server):
                     servicer.Ingest,
                     request_deserializer=quietline_dot_v1_dot_knowledge__pb2.IngestRequest.FromString,
                     response_serializer=quietline_dot_v1_dot_knowledge__pb2.IngestResponse.SerializeToString,
+            ),
+            'RemoveDocuments': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveDocuments,
+                    request_deserializer=quietline_dot_v1_dot_knowledge__pb2.RemoveDocumentsRequest.FromString,
+                    response_serializer=quietline_dot_v1_dot_knowledge__pb2.RemoveDocumentsResponse.SerializeToString,
+            ),
+            'GetDocument': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDocument,
+                    request_deserializer=quietline_dot_v1_dot_knowledge__pb2.GetDocumentRequest.FromString,
+                    response_serializer=quietline_dot_v1_dot_knowledge__pb2.DocumentVersion.SerializeToString,
+            ),
+            'Stats': grpc.unary_unary_rpc_method_handler(
+                    servicer.Stats,
+                    request_deserializer=quietline_dot_v1_dot_knowledge__pb2.StatsRequest.FromString,
+                    response_serializer=quietline_dot_v1_dot_knowledge__pb2.StatsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -131,6 +184,87 @@ class Knowledge:
             '/quietline.v1.Knowledge/Ingest',
             quietline_dot_v1_dot_knowledge__pb2.IngestRequest.SerializeToString,
             quietline_dot_v1_dot_knowledge__pb2.IngestResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveDocuments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quietline.v1.Knowledge/RemoveDocuments',
+            quietline_dot_v1_dot_knowledge__pb2.RemoveDocumentsRequest.SerializeToString,
+            quietline_dot_v1_dot_knowledge__pb2.RemoveDocumentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDocument(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quietline.v1.Knowledge/GetDocument',
+            quietline_dot_v1_dot_knowledge__pb2.GetDocumentRequest.SerializeToString,
+            quietline_dot_v1_dot_knowledge__pb2.DocumentVersion.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Stats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quietline.v1.Knowledge/Stats',
+            quietline_dot_v1_dot_knowledge__pb2.StatsRequest.SerializeToString,
+            quietline_dot_v1_dot_knowledge__pb2.StatsResponse.FromString,
             options,
             channel_credentials,
             insecure,
