@@ -216,7 +216,11 @@ def _knowledge_call(settings: QuietLineSettings, coroutine):
     """Run one knowledge RPC; its refusal becomes a CliError with the service's own message."""
     import grpc
 
-    _require_services(settings, ("knowledge",))
+    try:
+        _require_services(settings, ("knowledge",))
+    except CliError:
+        coroutine.close()  # never started: without this Python warns it was never awaited
+        raise
     try:
         return asyncio.run(coroutine)
     except grpc.aio.AioRpcError as err:
@@ -309,6 +313,17 @@ def _quiet_pipecat_logs() -> None:
     logger.add(sys.stderr, level="WARNING")
 
 
+def _passage_count(value: str) -> int:
+    """--k: a whole number of passages, at least 1 (the request field is an unsigned 32-bit number)."""
+    try:
+        count = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if not 1 <= count < 2**32:
+        raise argparse.ArgumentTypeError(f"{value} passages: ask for at least 1")
+    return count
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="quietline", description="QuietLine voice contact-center appliance")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -349,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     search = with_config(kb_sub.add_parser("search", help="find passages with citations"))
     search.add_argument("query")
     search.add_argument("--collection", action="append", help="collection to search (repeatable)")
-    search.add_argument("--k", type=int, default=5, help="passages wanted (default 5)")
+    search.add_argument("--k", type=_passage_count, default=5, help="passages wanted (default 5)")
     search.add_argument("--mode", choices=["hybrid", "vector", "lexical"], default="hybrid")
     search.add_argument("--distinct", action="store_true", help="at most one passage per document")
     search.add_argument("--json", action="store_true")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import grpc
 
+MAX_REPLY_BYTES = 64 * 1024 * 1024
+
 
 class _DefaultDeadline:
     def __init__(self, seconds: float) -> None:
@@ -46,4 +48,6 @@ def open_channel(target: str, default_deadline_s: float) -> grpc.aio.Channel:
     """An asyncio channel to `target` whose calls all carry a deadline (default_deadline_s unless set)."""
     interceptors = [shape(default_deadline_s) for shape in
                     (_UnaryUnaryDeadline, _UnaryStreamDeadline, _StreamUnaryDeadline, _StreamStreamDeadline)]
-    return grpc.aio.insecure_channel(target, interceptors=interceptors)
+    # Replies may exceed grpc's 4 MiB default (a large knowledge document returned by GetDocument).
+    options = [("grpc.max_receive_message_length", MAX_REPLY_BYTES)]
+    return grpc.aio.insecure_channel(target, interceptors=interceptors, options=options)

@@ -134,11 +134,16 @@ def _read_path(root: Path, collection: str, max_bytes: int, suffixes: tuple[str,
         files, skipped = _walk(root, suffixes, errors)
         # Ids keep the subfolder, so cards/faq.md and loans/faq.md never collide.
         named = [(file, file.relative_to(root).with_suffix("").as_posix()) for file in files]
+        # Sources are named below the resolved folder, not by where a symlinked file points, so a
+        # re-ingest of the folder can tell which of its documents' files are gone.
+        base = root.resolve()
+        sources = {file: (base / file.relative_to(root)).as_uri() for file in files}
     elif root.is_file():
         if root.suffix.lower() not in suffixes:
             raise DocumentError(f"{root} has an unsupported suffix ({root.suffix or 'none'}): "
                                 f"convert it to one of {', '.join(suffixes)}")
         named, skipped = [(root, root.stem)], []
+        sources = {root: (root.parent.resolve() / root.name).as_uri()}
     else:
         raise DocumentError(f"{root} does not exist: check the path")
 
@@ -146,7 +151,7 @@ def _read_path(root: Path, collection: str, max_bytes: int, suffixes: tuple[str,
     origins: dict[str, str] = {}
     for file, file_id in named:
         try:
-            read = _read_file(file, file_id, collection, max_bytes)
+            read = _read_file(file, file_id, collection, max_bytes, sources[file])
         except DocumentError as error:
             errors.append(error)
             continue
@@ -188,10 +193,9 @@ def _walk(root: Path, suffixes: tuple[str, ...], errors: list[DocumentError]) ->
     return sorted(files, key=in_order), sorted(skipped, key=in_order)
 
 
-def _read_file(path: Path, file_id: str, collection: str, max_bytes: int) -> list[_Read]:
+def _read_file(path: Path, file_id: str, collection: str, max_bytes: int, uri: str) -> list[_Read]:
     suffix = path.suffix.lower()
     data = _read_bytes(path, max_bytes)
-    uri = path.resolve().as_uri()
     if suffix == ".pdf":
         return [(_read_pdf(path, data, file_id, collection, uri), str(path))]
     text = _decode_text(path, data)

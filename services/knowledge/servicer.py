@@ -43,6 +43,7 @@ SEARCH_MODES = {
     knowledge_pb2.SEARCH_MODE_LEXICAL: "lexical",
 }
 DATABASE_ERRORS = (psycopg.OperationalError, psycopg_pool.PoolTimeout)
+DOCUMENT_KINDS = frozenset(knowledge_pb2.DocumentKind.values())
 
 log = logging.getLogger("quietline.knowledge")
 T = TypeVar("T")
@@ -76,10 +77,20 @@ def embedding_key(embedding_model: str, text: str) -> str:
 def describe(document: knowledge_pb2.Document, position: int) -> str:
     """How an error message names a streamed document."""
     if document.document_id:
-        return f"document '{document.document_id[:MAX_ID_CHARS]}' (#{position} in the stream)"
+        return f"document {_printable(document.document_id[:MAX_ID_CHARS])} (#{position} in the stream)"
     if document.title:
-        return f"document #{position} in the stream (title '{document.title[:80]}')"
+        return f"document #{position} in the stream (title {_printable(document.title[:80])})"
     return f"document #{position} in the stream"
+
+
+def _printable(text: str) -> str:
+    """`text` quoted for an error message; control characters (a NUL) are shown escaped."""
+    return f"'{text}'" if text.isprintable() else repr(text)
+
+
+def _nul_fields(**values: str) -> list[str]:
+    """The names of the fields whose text holds a NUL character, which PostgreSQL text cannot store."""
+    return [name for name, value in values.items() if "\x00" in value]
 
 
 @dataclass
@@ -134,12 +145,22 @@ class Indexer:
             raise InvalidDocument(f"{name} has empty content: send its Markdown or plain text")
         size = len(document.content.encode())
         if size > self.settings.max_document_bytes:
+            # Exact bytes: a document just over the limit would read "21.0 MB, over the 21.0 MB limit" rounded.
             raise InvalidDocument(
-                f"{name} has {size / 1e6:.1f} MB of text, over the {self.settings.max_document_bytes / 1e6:.1f} MB "
-                "limit (knowledge.max_document_bytes): split it or raise the limit"
+                f"{name} has {size:,} bytes of text, over the limit of {self.settings.max_document_bytes:,} bytes "
+                "(knowledge.max_document_bytes): split it or raise the limit"
             )
         if "\x00" in document.content:
             raise InvalidDocument(f"{name} contains NUL characters (binary data?): send its text")
+        nul = _nul_fields(document_id=document.document_id, title=document.title, source_uri=document.source_uri,
+                          collection=document.collection)
+        if nul:
+            raise InvalidDocument(f"{name} has NUL characters in its {', '.join(nul)}: send text without them")
+        if document.kind not in DOCUMENT_KINDS:
+            raise InvalidDocument(
+                f"{name} has kind {document.kind}, which is not a DocumentKind: send "
+                + " or ".join(f"{value} ({kind})" for kind, value in knowledge_pb2.DocumentKind.items())
+            )
         try:
             effective = date.fromisoformat(document.effective_date) if document.effective_date else None
         except ValueError:
@@ -306,6 +327,16 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServicer):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"query has {len(query)} characters, more than {MAX_QUERY_CHARS}: send one question",
             )
+        if "\x00" in query:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "query contains NUL characters: send the caller's question as text"
+            )
+        if request.mode not in SEARCH_MODES:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"mode {request.mode} is not a SearchMode: send "
+                + ", ".join(f"{value} ({name})" for name, value in knowledge_pb2.SearchMode.items()),
+            )
         if request.top_k > MAX_TOP_K:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, f"top_k {request.top_k} is above {MAX_TOP_K}: ask for fewer passages"
@@ -392,6 +423,10 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServicer):
     ):
         """Take documents out of search; their versions stay resolvable."""
         collection = request.collection or self.settings.default_collection
+        if any("\x00" in document_id for document_id in request.document_ids):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "document_ids hold NUL characters: send the ids as ingested"
+            )
         try:
             await self._check_collections([collection], context)
             removed = await self.store.remove_documents(collection, list(request.document_ids))
@@ -403,6 +438,12 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServicer):
     async def GetDocument(self, request: knowledge_pb2.GetDocumentRequest, context: grpc.aio.ServicerContext):
         """A document at a version (0: the latest), e.g. to resolve a citation."""
         collection = request.collection or self.settings.default_collection
+        nul = _nul_fields(collection=request.collection, document_id=request.document_id)
+        if nul:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{' and '.join(nul)} hold NUL characters: send the citation's collection and document id as given",
+            )
         try:
             record = await self.store.document_version(collection, request.document_id, request.version)
         except DATABASE_ERRORS as err:
