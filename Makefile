@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test proto bench-call bench-asr down status
+.PHONY: setup run test proto bench-call bench-asr bench-knowledge down status
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v cmake >/dev/null && command -v g++ >/dev/null || \
@@ -48,3 +48,6 @@ bench-call: setup
 
 bench-asr: setup
 	$(PY) benchmarks/asr/bench_asr.py --out benchmarks/results/asr.json
+
+bench-knowledge: setup
+	$(PY) benchmarks/knowledge/bench_knowledge.py --out benchmarks/results/knowledge.json
