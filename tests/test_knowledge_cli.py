@@ -187,6 +187,26 @@ def test_a_folder_with_a_corrupt_pdf_ingests_nothing(stub, service_config, tmp_p
     assert collection not in before
 
 
+def test_a_200_mb_file_and_binary_junk_are_refused_without_reading_them(stub, service_config, tmp_path):
+    collection = f"cli-large-{uuid.uuid4().hex[:8]}"
+    folder = tmp_path / "kb"
+    folder.mkdir()
+    (folder / "lost-card.md").write_text(FILES["lost-card.md"])
+    # A sparse 200 MB file: refused by its size before a byte of it is read.
+    with (folder / "archive.txt").open("wb") as huge:
+        huge.truncate(200 * 1024 * 1024)
+    (folder / "photo.md").write_bytes(bytes(range(256)) * 64)
+    before = counts_by_collection(stub)
+
+    result = quietline(service_config, "kb", "ingest", str(folder), "--collection", collection)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert str(folder / "archive.txt") in result.stderr and "200" in result.stderr
+    assert "knowledge.max_document_bytes" in result.stderr
+    assert str(folder / "photo.md") in result.stderr and "not a text document" in result.stderr
+    assert "nothing was ingested" in result.stderr
+    assert counts_by_collection(stub) == before
+
+
 def test_unknown_collection_is_bad_input(stub, service_config):
     missing = f"no-such-{uuid.uuid4().hex[:8]}"
     result = quietline(service_config, "kb", "search", "lost card", "--collection", missing)

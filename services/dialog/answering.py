@@ -462,7 +462,10 @@ class TurnAnswerer:
         timeout = clock.remaining(self.settings.dialog.search_timeout_s)
         if timeout <= 0:
             return [], "no time for knowledge search"
-        search = knowledge_pb2.SearchRequest(call=request.call, query=question, top_k=self.settings.knowledge.top_k)
+        search = knowledge_pb2.SearchRequest(
+            call=request.call, query=question, top_k=self.settings.knowledge.top_k,
+            collections=self.settings.dialog.knowledge_collections,
+        )
         try:
             reply = await self.knowledge.Search(search, timeout=timeout)
         except grpc.aio.AioRpcError as err:

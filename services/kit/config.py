@@ -147,6 +147,8 @@ class DialogSettings(_Section):
     search_timeout_s: float = Field(default=2.0, gt=0)
     # Where a turn the bot cannot answer is transferred (a queue name or SIP URI the gateway knows).
     transfer_target: str = "agents"
+    # Knowledge collections this line's callers may be answered from; empty: knowledge.default_collection.
+    knowledge_collections: list[str] = Field(default_factory=list)
 
 
 class GatewaySettings(_Section):
