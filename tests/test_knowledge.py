@@ -233,7 +233,7 @@ async def test_two_connections_migrating_at_once_apply_each_migration_once(datab
                 "SELECT indexname FROM pg_indexes WHERE schemaname = %s ORDER BY indexname", [schema]
             )
             indexes = {row[0] for row in await cursor.fetchall()}
-            assert {"chunks_embedding_hnsw", "chunks_tsv_gin", "chunks_embedding_key"} <= indexes
+            assert {"chunks_embedding_hnsw", "chunks_collection_tsv_gin", "chunks_embedding_key"} <= indexes
             assert await apply_migrations(first, schema) == []
         finally:
             await first.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")

@@ -238,7 +238,8 @@ async def run_benchmark(scale_chunks: int, sections: set[str], chunk_words: int 
         "benchmark": "knowledge", "embedding_model": settings.knowledge.embedding_model,
         "chunk_words": settings.knowledge.chunk_words,
         "index": {"hnsw": "m=16, ef_construction=64 (pgvector defaults)", "ef_search": 200,
-                  "iterative_scan": "relaxed_order", "full_text": "english, title weight A, section B, OR query",
+                  "iterative_scan": "relaxed_order", "full_text": "english; GIN (collection, tsv); OR query; candidates from the rarest words within "
+                                 "5000 postings; idf x ts_rank, weights body 0.5, section 0.7, title 1.0",
                   "fusion": "reciprocal rank fusion, k=60, up to 200 candidates per ranking"},
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0]},
     }

@@ -44,16 +44,22 @@ RRF_K = 60
 # {0.1, 0.2, 0.4, 1.0} lets any title word outweigh the body: on the bank KB's caller questions that
 # cost a third of full-text recall@10 (0.23 -> 0.15).
 TS_RANK_WEIGHTS = "{0.5, 0.5, 0.7, 1.0}"
-# Only query words in at most this share of the searched chunks select full-text candidates (keeps
-# the scan small at scale); the common ones still add to the score of the chunks selected.
-MAX_SELECTING_TERM_SHARE = 0.2
+# Full-text candidates are the chunks holding the query's rarest words, taken rarest first while
+# their summed chunk counts stay within this budget (at least the rarest word): the scan stays
+# bounded however large a collection grows (100k chunks: hybrid p50 686 -> 40 ms), while on the
+# bank KB (1.7k chunks) every word fits and recall is unchanged. The other query words still add to
+# the score of the chunks selected.
+POSTING_BUDGET = 5000
 
 # The query's distinct lexemes (stemmed by the index's configuration) with their inverse document
 # frequency in the searched collections (BM25's idf, from lexeme_chunks).
 _QUERY_TERMS = """
     SELECT q.lexeme, quote_literal(q.lexeme)::tsquery AS term,
            ln(1 + (total.chunks - coalesce(df.chunks, 0) + 0.5) / (coalesce(df.chunks, 0) + 0.5)) AS idf,
-           coalesce(df.chunks, 0) <= %(max_term_share)s * total.chunks AS selecting
+           coalesce(df.chunks, 0) > 0 AND (
+               sum(df.chunks) OVER (ORDER BY df.chunks, q.lexeme ROWS UNBOUNDED PRECEDING) <= %(posting_budget)s
+               OR row_number() OVER (ORDER BY coalesce(df.chunks, 0) = 0, df.chunks, q.lexeme) = 1
+           ) AS selecting
     FROM (
         SELECT DISTINCT lexeme FROM unnest(to_tsvector('english', %(query)s))
         WHERE position(E'\\\\' IN lexeme) = 0
@@ -82,19 +88,16 @@ _SEMANTIC_RANKING = """
 _LEXICAL_RANKING = f"""
     SELECT id, row_number() OVER (ORDER BY relevance DESC, id) AS rank
     FROM (
-        SELECT m.id, sum(t.idf * ts_rank('{TS_RANK_WEIGHTS}', m.tsv, t.term)) AS relevance
+        SELECT m.id, (
+            SELECT sum(t.idf * ts_rank('{TS_RANK_WEIGHTS}', m.tsv, t.term)) FROM query_terms AS t
+            WHERE m.tsv @@ t.term
+        ) AS relevance
         FROM (
             SELECT c.id, c.tsv FROM chunks AS c
             WHERE c.collection = ANY(%(collections)s) AND c.tsv @@ (
-                SELECT coalesce(
-                    (SELECT string_agg(quote_literal(lexeme), ' | ') FROM query_terms WHERE selecting),
-                    (SELECT string_agg(quote_literal(lexeme), ' | ') FROM query_terms),
-                    ''
-                )::tsquery
+                SELECT coalesce(string_agg(quote_literal(lexeme), ' | '), '')::tsquery FROM query_terms WHERE selecting
             )
         ) AS m
-        JOIN query_terms AS t ON m.tsv @@ t.term
-        GROUP BY m.id
         ORDER BY relevance DESC
         LIMIT %(candidates)s
     ) AS matched
@@ -523,7 +526,7 @@ class KnowledgeStore:
         parameters = {
             "query": query, "embedding": embedding, "collections": list(collections), "top_k": top_k,
             "candidates": min(MAX_CANDIDATES, max(MIN_CANDIDATES, wanted)), "rrf_k": RRF_K,
-            "distinct": distinct_documents, "max_term_share": MAX_SELECTING_TERM_SHARE,
+            "distinct": distinct_documents, "posting_budget": POSTING_BUDGET,
         }
         async with self.pool.connection() as conn:
             cursor = await conn.execute(SEARCH_SQL[mode], parameters)
