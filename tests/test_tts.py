@@ -24,6 +24,7 @@ from models import resolve_model
 from quietline.v1 import common_pb2, tts_pb2, tts_pb2_grpc
 from services.kit.audio import ALAW, MULAW, PCM16, decode
 from services.kit.channels import open_channel
+from services.kit.config import TtsSettings
 from services.kit.offline import OFFLINE_ENVIRONMENT
 
 TWO_SENTENCES = "Your new card is on its way. It should arrive within five working days."
@@ -216,3 +217,30 @@ def test_missing_voice_stops_the_service_with_the_fix(state_dir, tmp_path):
     assert result.returncode == 2
     assert "tts.voice" in result.stderr and "piper-xx-nobody" in result.stderr
     assert "piper-en-us-joe-medium" in result.stderr
+
+
+def test_prompts_survive_a_restart_and_the_cache_folder_stays_bounded(tts_service, state_dir, tmp_path):
+    prompts = len(TtsSettings().cached_prompts)
+    # The module's service synthesised (or loaded) every prompt into the shared state directory; a
+    # second process on the same state loads them all from disk and synthesises none.
+    config = write_config(tmp_path / "second.yaml", make_test_config(state_dir, SERVICE_PORT_BASE + 410))
+    second = start_service("tts", config)
+    try:
+        assert scrape(second, "quietline_tts_prompts_at_start", {"source": "loaded"}) == prompts
+        assert scrape(second, "quietline_tts_prompts_at_start", {"source": "synthesised"}) == 0
+    finally:
+        assert second.stop() == 0, second.log()
+
+    # A cache folder bounded below the prompts' size keeps only what fits, newest first; the prompts
+    # are still served from memory.
+    limit = 600_000
+    bounded_state = tmp_path / "bounded-state"
+    bounded = make_test_config(bounded_state, SERVICE_PORT_BASE + 420, {"tts": {"prompt_cache_bytes": limit}})
+    third = start_service("tts", write_config(tmp_path / "bounded.yaml", bounded))
+    try:
+        assert scrape(third, "quietline_tts_prompts_at_start", {"source": "synthesised"}) == prompts
+        folder = bounded_state / "tts" / "prompts"
+        sizes = [path.stat().st_size for path in folder.glob("*.npz")]
+        assert 0 < len(sizes) < prompts and sum(sizes) <= limit
+    finally:
+        assert third.stop() == 0, third.log()

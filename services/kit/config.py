@@ -87,8 +87,18 @@ class AsrSettings(_Section):
 class TtsSettings(_Section):
     endpoint: Endpoint = Endpoint(port=50462, metrics_port=9462)
     voice: str = "piper-en-us-joe-medium"
-    # Stock phrases synthesised once at start so they are served from memory.
-    cached_prompts: list[str] = ["Let me check that for you.", "Sorry, I did not catch that."]
+    # Stock phrases synthesised once per voice (kept on disk across restarts) and served from cache.
+    cached_prompts: list[str] = [
+        "Hello, you are speaking with an automated assistant. How can I help you today?",
+        "You are speaking with an automated assistant; you can ask for a person at any time.",
+        "Let me check that for you.",
+        "One moment, please.",
+        "Please hold while I transfer you to a colleague.",
+        "Sorry, I did not catch that.",
+        "Thank you for calling. Goodbye.",
+    ]
+    # Largest size of the prompt cache's folder (state_dir/tts/prompts); least recently used go first.
+    prompt_cache_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
     # Longest text one Synthesize request may carry; longer answers are split by the caller.
     max_text_chars: int = Field(default=5000, ge=1)
     # onnxruntime threads per synthesis (concurrent requests each run their own synthesis).

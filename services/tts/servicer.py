@@ -21,10 +21,10 @@ from quietline.v1 import common_pb2, tts_pb2, tts_pb2_grpc
 from services.kit.audio import PCM16, AudioError, check_format, encode, resample
 from services.kit.config import TtsSettings
 from services.kit.metrics import ERRORS, STAGE_LATENCY
+from services.tts.prompt_cache import CachedPrompt, PromptCache
 from services.tts.synthesizer import (
     MAX_SPEAKING_RATE,
     MIN_SPEAKING_RATE,
-    PromptCache,
     Synthesizer,
     Voice,
     VoiceNotFound,
@@ -35,7 +35,7 @@ SERVICE = "tts"
 
 PROMPT_CACHE_HITS = Counter(
     "quietline_tts_prompt_cache_hits_total",
-    "Synthesize requests served from the in-memory prompt cache.",
+    "Synthesize requests served from the prompt cache.",
     ["voice"],
 )
 CANCELLED = Counter(
@@ -126,7 +126,7 @@ class TtsServicer(tts_pb2_grpc.TtsServicer):
         cached = self.prompt_cache.get(voice.name, text) if rate in (0, 1) else None
         if cached is not None:
             PROMPT_CACHE_HITS.labels(voice.name).inc()
-            sentences = [sentence for sentence, _ in cached]
+            sentences = [sentence for sentence, _ in cached.sentences]
         else:
             sentences = speakable_sentences(text)
         if not sentences:
@@ -165,7 +165,7 @@ class TtsServicer(tts_pb2_grpc.TtsServicer):
         voice: Voice,
         fmt: common_pb2.AudioFormat,
         sentences: list[str],
-        cached: list[tuple[str, np.ndarray]] | None,
+        cached: CachedPrompt | None,
         received: float,
     ) -> AsyncIterator[tts_pb2.SynthesizeResponse]:
         """The response chunks, sentence by sentence; stops at once when the call is cancelled."""
@@ -175,7 +175,7 @@ class TtsServicer(tts_pb2_grpc.TtsServicer):
             if context.cancelled():
                 raise asyncio.CancelledError
             if cached is not None:
-                audio = to_wire(cached[index][1], voice.sample_rate_hz, fmt)
+                audio = to_wire(cached.sentences[index][1], voice.sample_rate_hz, fmt)
             else:
                 audio = await asyncio.to_thread(self._synthesize_to_wire, voice, sentence, request.speaking_rate, fmt)
             is_last_sentence = index == len(sentences) - 1

@@ -7,6 +7,7 @@ inside the tts service's process. Everything else reaches synthesis over the Tts
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -36,6 +37,8 @@ class Voice:
     name: str
     piper: PiperVoice
     sample_rate_hz: int
+    # The manifest's checksums of the voice's files: cached audio of another build of the voice is stale.
+    model_digest: str = ""
 
 
 def load_voice(name: str, state_dir: Path | None, cpu_threads: int) -> Voice:
@@ -43,7 +46,8 @@ def load_voice(name: str, state_dir: Path | None, cpu_threads: int) -> Voice:
 
     Raises ModelError when the voice is not installed or its folder holds no single .onnx model.
     """
-    folder = resolve_model(name, state_dir).path
+    resolved = resolve_model(name, state_dir)
+    folder = resolved.path
     models = sorted(folder.glob("*.onnx"))
     if len(models) != 1:
         raise ModelError(
@@ -59,17 +63,13 @@ def load_voice(name: str, state_dir: Path | None, cpu_threads: int) -> Voice:
         config=PiperConfig.from_dict(json.loads(config_path.read_text(encoding="utf-8"))),
         session=onnxruntime.InferenceSession(str(model_path), sess_options=options, providers=["CPUExecutionProvider"]),
     )
-    return Voice(name=name, piper=piper, sample_rate_hz=piper.config.sample_rate)
+    digest = hashlib.sha256(json.dumps(resolved.manifest.files, sort_keys=True).encode()).hexdigest()
+    return Voice(name=name, piper=piper, sample_rate_hz=piper.config.sample_rate, model_digest=digest)
 
 
 def speakable_sentences(text: str) -> list[str]:
     """Split text into sentences, dropping pieces with nothing to pronounce (lone punctuation)."""
     return [s for s in split_sentences(text) if any(ch.isalnum() for ch in s)]
-
-
-def prompt_key(voice_name: str, text: str) -> tuple[str, str]:
-    """Cache key of a stock prompt: the voice and the text with its whitespace collapsed."""
-    return voice_name, " ".join(text.split())
 
 
 class Synthesizer:
@@ -113,34 +113,3 @@ class Synthesizer:
         if not pieces:
             return np.zeros(0, dtype=np.float32)
         return np.concatenate(pieces).astype(np.float32, copy=False)
-
-
-class PromptCache:
-    """Stock prompts synthesised once for the default voice at its native rate, kept in memory.
-
-    Each entry is the prompt's sentences with their audio, so a cache hit streams exactly like a
-    fresh synthesis (same sentence indexes and texts).
-    """
-
-    def __init__(self) -> None:
-        self.entries: dict[tuple[str, str], list[tuple[str, np.ndarray]]] = {}
-
-    @classmethod
-    def build(cls, synthesizer: Synthesizer, prompts: Iterable[str]) -> PromptCache:
-        """Synthesise every prompt with the default voice (blocking: call at setup, off the event loop)."""
-        cache = cls()
-        voice = synthesizer.voice("")
-        for prompt in prompts:
-            sentences = speakable_sentences(prompt)
-            if sentences:
-                cache.entries[prompt_key(voice.name, prompt)] = [
-                    (sentence, synthesizer.synthesize_sentence(voice, sentence)) for sentence in sentences
-                ]
-        return cache
-
-    def get(self, voice_name: str, text: str) -> list[tuple[str, np.ndarray]] | None:
-        """The cached sentences for this voice and whole text, or None."""
-        return self.entries.get(prompt_key(voice_name, text))
-
-    def __len__(self) -> int:
-        return len(self.entries)
