@@ -244,3 +244,71 @@ def test_prompts_survive_a_restart_and_the_cache_folder_stays_bounded(tts_servic
         assert 0 < len(sizes) < prompts and sum(sizes) <= limit
     finally:
         assert third.stop() == 0, third.log()
+
+
+async def test_streamed_text_is_spoken_sentence_by_sentence_while_it_arrives(tts, tts_service):
+    pieces_sent = asyncio.Event()
+    more_text = asyncio.Queue()
+
+    async def requests():
+        settings = tts_pb2.SynthesizeRequest(format=MULAW_8K, chunk_ms=20,
+                                             text="Your new card is on its way. It ")
+        yield tts_pb2.SynthesizeStreamRequest(settings=settings)
+        # The rest comes only after the first sentence's audio has arrived, as an LLM's tokens would.
+        while (piece := await more_text.get()) is not None:
+            yield tts_pb2.SynthesizeStreamRequest(text=piece)
+        pieces_sent.set()
+
+    call = tts.SynthesizeStream(requests())
+    # A service that waited for the whole text would never answer here.
+    first = await asyncio.wait_for(call.read(), timeout=30)
+    # Audio of the complete first sentence left before the rest of the text existed.
+    assert first.sentence_index == 0 and first.sentence_text == "Your new card is on its way." and first.audio
+    assert first.format.encoding == MULAW and not pieces_sent.is_set()
+    for piece in ("should arrive ", "within five working days", ". Thank you", " for calling."):
+        more_text.put_nowait(piece)
+    more_text.put_nowait(None)
+    responses = [first]
+    while (response := await call.read()) is not grpc.aio.EOF:
+        responses.append(response)
+    texts = [r.sentence_text for r in responses if r.sentence_text]
+    assert texts == ["Your new card is on its way.", "It should arrive within five working days.",
+                     "Thank you for calling."]
+    assert responses[-1].last and not responses[-1].audio and not any(r.last for r in responses[:-1])
+    assert_framed([r for r in responses if r.audio], 160)
+    seconds = sum(len(r.audio) for r in responses) / 8000
+    assert 3.0 <= seconds <= 12.0
+
+
+async def test_a_long_streamed_sentence_starts_speaking_at_its_first_clause(tts):
+    async def requests():
+        yield tts_pb2.SynthesizeStreamRequest(settings=tts_pb2.SynthesizeRequest(
+            format=MULAW_8K, chunk_ms=20,
+            text="If your debit or credit card is lost or stolen, act at once and report it in the app "))
+        yield tts_pb2.SynthesizeStreamRequest(text="or call the card line, because you are not liable after that.")
+
+    responses = [response async for response in tts.SynthesizeStream(requests())]
+    texts = [r.sentence_text for r in responses if r.sentence_text]
+    assert texts[0] == "If your debit or credit card is lost or stolen,"
+    assert " ".join(texts) == ("If your debit or credit card is lost or stolen, act at once and report it in the app "
+                               "or call the card line, because you are not liable after that.")
+
+
+async def test_streamed_text_over_the_limit_or_without_words_is_refused(tts):
+    async def too_long():
+        yield tts_pb2.SynthesizeStreamRequest(settings=tts_pb2.SynthesizeRequest(format=MULAW_8K))
+        for _ in range(6):
+            yield tts_pb2.SynthesizeStreamRequest(text="word " * 200)
+
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        [response async for response in tts.SynthesizeStream(too_long())]
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "tts.max_text_chars" in raised.value.details()
+
+    async def no_words():
+        yield tts_pb2.SynthesizeStreamRequest(settings=tts_pb2.SynthesizeRequest(text="... ?!"))
+
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        [response async for response in tts.SynthesizeStream(no_words())]
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "nothing to pronounce" in raised.value.details()

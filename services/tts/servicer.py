@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 from collections.abc import AsyncIterator, Iterator
 
 import grpc
@@ -21,7 +21,8 @@ from quietline.v1 import common_pb2, tts_pb2, tts_pb2_grpc
 from services.kit.audio import PCM16, AudioError, check_format, encode, resample
 from services.kit.config import TtsSettings
 from services.kit.metrics import ERRORS, STAGE_LATENCY
-from services.tts.prompt_cache import CachedPrompt, PromptCache
+from services.tts.prompt_cache import PromptCache
+from services.tts.sentence_stream import SentenceStream
 from services.tts.synthesizer import (
     MAX_SPEAKING_RATE,
     MIN_SPEAKING_RATE,
@@ -44,6 +45,7 @@ CANCELLED = Counter(
 )
 
 log = logging.getLogger("quietline.tts")
+T = TypeVar("T")
 
 
 def output_format(requested: common_pb2.AudioFormat, voice: Voice) -> common_pb2.AudioFormat:
@@ -91,6 +93,27 @@ class TtsServicer(tts_pb2_grpc.TtsServicer):
         ERRORS.labels(SERVICE, kind).inc()
         await context.abort(code, message)
 
+    async def _voice_and_format(
+        self, request: tts_pb2.SynthesizeRequest, context: grpc.aio.ServicerContext
+    ) -> tuple[Voice, common_pb2.AudioFormat]:
+        """The request's voice and output format, or the call ended with the status that names the fix."""
+        try:
+            voice = self.synthesizer.voice(request.voice)
+        except VoiceNotFound as err:
+            await self._reject(context, grpc.StatusCode.NOT_FOUND, "unknown_voice", str(err))
+        rate = request.speaking_rate
+        if rate != 0 and not MIN_SPEAKING_RATE <= rate <= MAX_SPEAKING_RATE:
+            await self._reject(
+                context, grpc.StatusCode.INVALID_ARGUMENT, "bad_speaking_rate",
+                f"speaking_rate {rate:g} is out of range: use {MIN_SPEAKING_RATE:g}..{MAX_SPEAKING_RATE:g} "
+                "(1 is the voice's normal pace), or 0 for the default",
+            )
+        try:
+            fmt = output_format(request.format, voice)
+        except AudioError as err:
+            await self._reject(context, grpc.StatusCode.INVALID_ARGUMENT, "bad_format", str(err))
+        return voice, fmt
+
     async def Synthesize(
         self, request: tts_pb2.SynthesizeRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[tts_pb2.SynthesizeResponse]:
@@ -107,23 +130,9 @@ class TtsServicer(tts_pb2_grpc.TtsServicer):
                 f"text is {len(text)} characters, over the limit of {limit} (tts.max_text_chars): "
                 "send it in several requests, one or a few sentences each",
             )
-        try:
-            voice = self.synthesizer.voice(request.voice)
-        except VoiceNotFound as err:
-            await self._reject(context, grpc.StatusCode.NOT_FOUND, "unknown_voice", str(err))
-        rate = request.speaking_rate
-        if rate != 0 and not MIN_SPEAKING_RATE <= rate <= MAX_SPEAKING_RATE:
-            await self._reject(
-                context, grpc.StatusCode.INVALID_ARGUMENT, "bad_speaking_rate",
-                f"speaking_rate {rate:g} is out of range: use {MIN_SPEAKING_RATE:g}..{MAX_SPEAKING_RATE:g} "
-                "(1 is the voice's normal pace), or 0 for the default",
-            )
-        try:
-            fmt = output_format(request.format, voice)
-        except AudioError as err:
-            await self._reject(context, grpc.StatusCode.INVALID_ARGUMENT, "bad_format", str(err))
+        voice, fmt = await self._voice_and_format(request, context)
 
-        cached = self.prompt_cache.get(voice.name, text) if rate in (0, 1) else None
+        cached = self.prompt_cache.get(voice.name, text) if request.speaking_rate in (0, 1) else None
         if cached is not None:
             PROMPT_CACHE_HITS.labels(voice.name).inc()
             sentences = [sentence for sentence, _ in cached.sentences]
@@ -136,7 +145,8 @@ class TtsServicer(tts_pb2_grpc.TtsServicer):
         # Stays "cancelled" when the caller hangs up or barges in (CancelledError / GeneratorExit here).
         outcome = "cancelled"
         try:
-            stream = self._stream(request, context, voice, fmt, sentences, cached, received)
+            units = _listed(sentences, [audio for _, audio in cached.sentences] if cached else None)
+            stream = self._stream(request, context, voice, fmt, units, received, len(sentences))
             async with contextlib.aclosing(stream):
                 async for response in stream:
                     yield response
@@ -164,21 +174,24 @@ class TtsServicer(tts_pb2_grpc.TtsServicer):
         context: grpc.aio.ServicerContext,
         voice: Voice,
         fmt: common_pb2.AudioFormat,
-        sentences: list[str],
-        cached: CachedPrompt | None,
+        units: AsyncIterator[tuple[str, np.ndarray | None]],
         received: float,
+        count: int | None,
     ) -> AsyncIterator[tts_pb2.SynthesizeResponse]:
-        """The response chunks, sentence by sentence; stops at once when the call is cancelled."""
+        """The response chunks, unit by unit (a unit's audio is None until synthesised here); stops at
+        once when the call is cancelled. With `count` unknown (text still arriving), the stream ends
+        with an empty chunk that has `last` set."""
         sent_any = False
         sent_last = False
-        for index, sentence in enumerate(sentences):
+        index = -1
+        async for index, (sentence, cached_audio) in _enumerate(units):
             if context.cancelled():
                 raise asyncio.CancelledError
-            if cached is not None:
-                audio = to_wire(cached.sentences[index][1], voice.sample_rate_hz, fmt)
+            if cached_audio is not None:
+                audio = to_wire(cached_audio, voice.sample_rate_hz, fmt)
             else:
                 audio = await asyncio.to_thread(self._synthesize_to_wire, voice, sentence, request.speaking_rate, fmt)
-            is_last_sentence = index == len(sentences) - 1
+            is_last_sentence = count is not None and index == count - 1
             chunks = list(split_chunks(audio, fmt, request.chunk_ms)) if audio else []
             for position, chunk in enumerate(chunks):
                 if context.cancelled():
@@ -197,13 +210,94 @@ class TtsServicer(tts_pb2_grpc.TtsServicer):
                 sent_last = response.last
                 yield response
         if not sent_last:
-            # The final sentence produced no audio: close the stream with an empty last chunk.
-            closing = tts_pb2.SynthesizeResponse(last=True, sentence_index=len(sentences) - 1)
+            # The final unit produced no audio, or the text's end was only known now: close the stream.
+            closing = tts_pb2.SynthesizeResponse(last=True, sentence_index=max(index, 0))
             if not sent_any:
                 closing.format.CopyFrom(fmt)
             yield closing
+
+    async def SynthesizeStream(
+        self, request_iterator: AsyncIterator[tts_pb2.SynthesizeStreamRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[tts_pb2.SynthesizeResponse]:
+        """Text arriving in pieces in, audio out as soon as each sentence or clause is complete."""
+        received = time.perf_counter()
+        first = await anext(aiter(request_iterator), None)
+        if first is None:
+            await self._reject(context, grpc.StatusCode.INVALID_ARGUMENT, "empty_text",
+                               "the stream carried no request: send the settings and the text")
+        settings = first.settings
+        voice, fmt = await self._voice_and_format(settings, context)
+        limit = self.settings.max_text_chars
+        pieces = SentenceStream()
+        received_chars = 0
+        units_sent = 0
+
+        async def units() -> AsyncIterator[tuple[str, np.ndarray | None]]:
+            nonlocal received_chars, units_sent
+            # One text to begin with: the first request's settings.text and its text field.
+            texts = [settings.text + first.text]
+            iterator = aiter(request_iterator)
+            while True:
+                for text in texts:
+                    received_chars += len(text)
+                    if received_chars > limit:
+                        await self._reject(
+                            context, grpc.StatusCode.INVALID_ARGUMENT, "text_too_long",
+                            f"the streamed text passed {limit} characters (tts.max_text_chars): "
+                            "end this stream and start another for the rest",
+                        )
+                    for unit in pieces.feed(text):
+                        units_sent += 1
+                        yield unit, None
+                request = await anext(iterator, None)
+                if request is None:
+                    break
+                texts = [request.text]
+            for unit in pieces.finish():
+                units_sent += 1
+                yield unit, None
+            if units_sent == 0:
+                await self._reject(context, grpc.StatusCode.INVALID_ARGUMENT, "empty_text",
+                                   "the streamed text has nothing to pronounce: send words")
+
+        outcome = "cancelled"
+        try:
+            stream = self._stream(settings, context, voice, fmt, units(), received, None)
+            async with contextlib.aclosing(stream):
+                async for response in stream:
+                    yield response
+            outcome = "completed"
+        except grpc.aio.AbortError:
+            outcome = "refused"
+            raise
+        except Exception as err:  # noqa: BLE001 - any synthesis failure becomes a clear status, not a crash
+            outcome = "failed"
+            ERRORS.labels(SERVICE, "synthesis").inc()
+            log.error("synthesis failed", extra={"call_id": settings.call.call_id, "error": type(err).__name__})
+            await context.abort(grpc.StatusCode.INTERNAL,
+                                f"synthesis failed ({type(err).__name__}): retry; if it persists, check the tts log")
+        finally:
+            if outcome == "cancelled":
+                CANCELLED.inc()
+            log.info(
+                "synthesize stream",
+                extra={"call_id": settings.call.call_id, "turn": settings.call.turn, "units": units_sent,
+                       "outcome": outcome, "duration_ms": round((time.perf_counter() - received) * 1000, 1)},
+            )
 
     def _synthesize_to_wire(self, voice: Voice, sentence: str, rate: float, fmt: common_pb2.AudioFormat) -> bytes:
         """Worker-thread step: synthesise one sentence and convert it to the wire format."""
         samples = self.synthesizer.synthesize_sentence(voice, sentence, rate)
         return to_wire(samples, voice.sample_rate_hz, fmt)
+
+
+async def _listed(sentences: list[str], audio: list[np.ndarray] | None) -> AsyncIterator[tuple[str, np.ndarray | None]]:
+    for index, sentence in enumerate(sentences):
+        yield sentence, audio[index] if audio is not None else None
+
+
+async def _enumerate(items: AsyncIterator[T]) -> AsyncIterator[tuple[int, T]]:
+    index = 0
+    async for item in items:
+        yield index, item
+        index += 1

@@ -6,6 +6,14 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class SynthesizeStreamRequest(_message.Message):
+    __slots__ = ("settings", "text")
+    SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    settings: SynthesizeRequest
+    text: str
+    def __init__(self, settings: _Optional[_Union[SynthesizeRequest, _Mapping]] = ..., text: _Optional[str] = ...) -> None: ...
+
 class SynthesizeRequest(_message.Message):
     __slots__ = ("call", "text", "voice", "format", "chunk_ms", "speaking_rate")
     CALL_FIELD_NUMBER: _ClassVar[int]

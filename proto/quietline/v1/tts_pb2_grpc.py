@@ -40,6 +40,11 @@ class TtsStub:
                 request_serializer=quietline_dot_v1_dot_tts__pb2.SynthesizeRequest.SerializeToString,
                 response_deserializer=quietline_dot_v1_dot_tts__pb2.SynthesizeResponse.FromString,
                 _registered_method=True)
+        self.SynthesizeStream = channel.stream_stream(
+                '/quietline.v1.Tts/SynthesizeStream',
+                request_serializer=quietline_dot_v1_dot_tts__pb2.SynthesizeStreamRequest.SerializeToString,
+                response_deserializer=quietline_dot_v1_dot_tts__pb2.SynthesizeResponse.FromString,
+                _registered_method=True)
 
 
 class TtsServicer:
@@ -54,12 +59,27 @@ class TtsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SynthesizeStream(self, request_iterator, context):
+        """Text that arrives in pieces (the dialog streaming its answer): the first request carries the
+        settings, and every request may carry more text. Each sentence is synthesised as soon as it is
+        complete (a long one is cut at its clauses), the rest when the client half-closes; the stream
+        ends with an empty chunk that has `last` set. Cancelling stops it before the next chunk.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TtsServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Synthesize': grpc.unary_stream_rpc_method_handler(
                     servicer.Synthesize,
                     request_deserializer=quietline_dot_v1_dot_tts__pb2.SynthesizeRequest.FromString,
+                    response_serializer=quietline_dot_v1_dot_tts__pb2.SynthesizeResponse.SerializeToString,
+            ),
+            'SynthesizeStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.SynthesizeStream,
+                    request_deserializer=quietline_dot_v1_dot_tts__pb2.SynthesizeStreamRequest.FromString,
                     response_serializer=quietline_dot_v1_dot_tts__pb2.SynthesizeResponse.SerializeToString,
             ),
     }
@@ -90,6 +110,33 @@ class Tts:
             target,
             '/quietline.v1.Tts/Synthesize',
             quietline_dot_v1_dot_tts__pb2.SynthesizeRequest.SerializeToString,
+            quietline_dot_v1_dot_tts__pb2.SynthesizeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SynthesizeStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/quietline.v1.Tts/SynthesizeStream',
+            quietline_dot_v1_dot_tts__pb2.SynthesizeStreamRequest.SerializeToString,
             quietline_dot_v1_dot_tts__pb2.SynthesizeResponse.FromString,
             options,
             channel_credentials,
