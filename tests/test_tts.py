@@ -154,6 +154,7 @@ async def test_speaking_rate_changes_the_pace(tts):
         ({"text": "Hello.", "format": common_pb2.AudioFormat(encoding=ALAW, sample_rate_hz=0)},
          grpc.StatusCode.INVALID_ARGUMENT, "8000 Hz"),
         ({"text": "Hello.", "speaking_rate": 3.0}, grpc.StatusCode.INVALID_ARGUMENT, "0.5..2"),
+        ({"text": "Guten Tag.", "language": "de"}, grpc.StatusCode.NOT_FOUND, "tts.language_voices"),
     ],
 )
 async def test_bad_requests_get_clear_statuses(tts, fields, code, named):
@@ -312,3 +313,12 @@ async def test_streamed_text_over_the_limit_or_without_words_is_refused(tts):
         [response async for response in tts.SynthesizeStream(no_words())]
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "nothing to pronounce" in raised.value.details()
+
+
+async def test_a_call_language_picks_its_configured_voice(tts):
+    # "en-GB" falls back to the "en" voice (Piper's sampling varies, so lengths are compared).
+    by_language = await synthesize(tts, text="Hello, how are you today?", language="en-GB", format=MULAW_8K)
+    by_default = await synthesize(tts, text="Hello, how are you today?", format=MULAW_8K)
+    assert by_language[-1].last
+    spoken = [sum(len(r.audio) for r in responses) for responses in (by_language, by_default)]
+    assert spoken[0] > 4000 and abs(spoken[0] - spoken[1]) / spoken[1] < 0.25

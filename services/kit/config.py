@@ -87,6 +87,9 @@ class AsrSettings(_Section):
 class TtsSettings(_Section):
     endpoint: Endpoint = Endpoint(port=50462, metrics_port=9462)
     voice: str = "piper-en-us-joe-medium"
+    # The voice that speaks each call language (a request's `language`); every voice named here is
+    # loaded at start, from the model registry (models/).
+    language_voices: dict[str, str] = {"en": "piper-en-us-joe-medium"}
     # Stock phrases synthesised once per voice (kept on disk across restarts) and served from cache.
     cached_prompts: list[str] = [
         "Hello, you are speaking with an automated assistant. How can I help you today?",

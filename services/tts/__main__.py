@@ -36,11 +36,12 @@ async def setup(server: grpc.aio.Server, settings: QuietLineSettings) -> list[st
     started = time.perf_counter()
     try:
         synthesizer = await asyncio.to_thread(
-            Synthesizer.load, settings.tts.voice, settings.state_dir, settings.tts.cpu_threads
+            Synthesizer.load, settings.tts.voice, settings.state_dir, settings.tts.cpu_threads,
+            settings.tts.language_voices,
         )
     except ModelError as err:
         # A voice that is missing or corrupt is a deployment problem: stop with the registry's fix.
-        raise ConfigError(f"tts.voice: {err}") from None
+        raise ConfigError(f"tts.voice / tts.language_voices: {err}") from None
     loaded = time.perf_counter()
     prompt_cache = await asyncio.to_thread(
         PromptCache.build, synthesizer, settings.tts.cached_prompts,

@@ -98,7 +98,7 @@ class TtsServicer(tts_pb2_grpc.TtsServicer):
     ) -> tuple[Voice, common_pb2.AudioFormat]:
         """The request's voice and output format, or the call ended with the status that names the fix."""
         try:
-            voice = self.synthesizer.voice(request.voice)
+            voice = self.synthesizer.voice(request.voice, request.language)
         except VoiceNotFound as err:
             await self._reject(context, grpc.StatusCode.NOT_FOUND, "unknown_voice", str(err))
         rate = request.speaking_rate

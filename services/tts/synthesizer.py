@@ -75,19 +75,37 @@ def speakable_sentences(text: str) -> list[str]:
 class Synthesizer:
     """The loaded voices and the per-sentence synthesis they run (blocking; call from a worker thread)."""
 
-    def __init__(self, voices: Iterable[Voice], default_voice: str) -> None:
+    def __init__(self, voices: Iterable[Voice], default_voice: str,
+                 language_voices: dict[str, str] | None = None) -> None:
         self.voices = {voice.name: voice for voice in voices}
         if default_voice not in self.voices:
             raise ValueError(f"default voice '{default_voice}' is not among the loaded voices")
         self.default_voice = default_voice
+        self.language_voices = {language.lower(): name for language, name in (language_voices or {}).items()}
+        missing = sorted(set(self.language_voices.values()) - set(self.voices))
+        if missing:
+            raise ValueError(f"language voices {missing} are not among the loaded voices")
 
     @classmethod
-    def load(cls, default_voice: str, state_dir: Path | None, cpu_threads: int) -> Synthesizer:
-        """Load the default voice once, at service start."""
-        return cls([load_voice(default_voice, state_dir, cpu_threads)], default_voice)
+    def load(cls, default_voice: str, state_dir: Path | None, cpu_threads: int,
+             language_voices: dict[str, str] | None = None) -> Synthesizer:
+        """Load the default voice and every language's voice once, at service start."""
+        names = dict.fromkeys([default_voice, *(language_voices or {}).values()])
+        return cls([load_voice(name, state_dir, cpu_threads) for name in names], default_voice, language_voices)
 
-    def voice(self, name: str) -> Voice:
-        """The loaded voice called `name` ("" means the default); VoiceNotFound otherwise."""
+    def voice(self, name: str, language: str = "") -> Voice:
+        """The loaded voice called `name`; with no name, the voice of `language` (BCP-47; "en-GB"
+        falls back to "en"), and with neither the default. VoiceNotFound otherwise."""
+        if not name and language:
+            tag = language.lower()
+            name = self.language_voices.get(tag) or self.language_voices.get(tag.split("-")[0], "")
+            if not name:
+                languages = ", ".join(sorted(self.language_voices)) or "none"
+                raise VoiceNotFound(
+                    f"no voice speaks language '{language}' in this tts service (voices are configured for: "
+                    f"{languages}): install a Piper voice for it in models/ and map it in tts.language_voices, "
+                    "or hand the caller to an agent who speaks the language"
+                )
         chosen = name or self.default_voice
         try:
             return self.voices[chosen]

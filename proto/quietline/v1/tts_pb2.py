@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from quietline.v1 import common_pb2 as quietline_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16quietline/v1/tts.proto\x12\x0cquietline.v1\x1a\x19quietline/v1/common.proto\"Z\n\x17SynthesizeStreamRequest\x12\x31\n\x08settings\x18\x01 \x01(\x0b\x32\x1f.quietline.v1.SynthesizeRequest\x12\x0c\n\x04text\x18\x02 \x01(\t\"\xa9\x01\n\x11SynthesizeRequest\x12#\n\x04\x63\x61ll\x18\x01 \x01(\x0b\x32\x15.quietline.v1.CallRef\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\r\n\x05voice\x18\x03 \x01(\t\x12)\n\x06\x66ormat\x18\x04 \x01(\x0b\x32\x19.quietline.v1.AudioFormat\x12\x10\n\x08\x63hunk_ms\x18\x05 \x01(\r\x12\x15\n\rspeaking_rate\x18\x06 \x01(\x02\"\x8b\x01\n\x12SynthesizeResponse\x12\r\n\x05\x61udio\x18\x01 \x01(\x0c\x12)\n\x06\x66ormat\x18\x02 \x01(\x0b\x32\x19.quietline.v1.AudioFormat\x12\x16\n\x0esentence_index\x18\x03 \x01(\r\x12\x15\n\rsentence_text\x18\x04 \x01(\t\x12\x0c\n\x04last\x18\x05 \x01(\x08\x32\xb9\x01\n\x03Tts\x12Q\n\nSynthesize\x12\x1f.quietline.v1.SynthesizeRequest\x1a .quietline.v1.SynthesizeResponse0\x01\x12_\n\x10SynthesizeStream\x12%.quietline.v1.SynthesizeStreamRequest\x1a .quietline.v1.SynthesizeResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16quietline/v1/tts.proto\x12\x0cquietline.v1\x1a\x19quietline/v1/common.proto\"Z\n\x17SynthesizeStreamRequest\x12\x31\n\x08settings\x18\x01 \x01(\x0b\x32\x1f.quietline.v1.SynthesizeRequest\x12\x0c\n\x04text\x18\x02 \x01(\t\"\xbb\x01\n\x11SynthesizeRequest\x12#\n\x04\x63\x61ll\x18\x01 \x01(\x0b\x32\x15.quietline.v1.CallRef\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\r\n\x05voice\x18\x03 \x01(\t\x12)\n\x06\x66ormat\x18\x04 \x01(\x0b\x32\x19.quietline.v1.AudioFormat\x12\x10\n\x08\x63hunk_ms\x18\x05 \x01(\r\x12\x15\n\rspeaking_rate\x18\x06 \x01(\x02\x12\x10\n\x08language\x18\x07 \x01(\t\"\x8b\x01\n\x12SynthesizeResponse\x12\r\n\x05\x61udio\x18\x01 \x01(\x0c\x12)\n\x06\x66ormat\x18\x02 \x01(\x0b\x32\x19.quietline.v1.AudioFormat\x12\x16\n\x0esentence_index\x18\x03 \x01(\r\x12\x15\n\rsentence_text\x18\x04 \x01(\t\x12\x0c\n\x04last\x18\x05 \x01(\x08\x32\xb9\x01\n\x03Tts\x12Q\n\nSynthesize\x12\x1f.quietline.v1.SynthesizeRequest\x1a .quietline.v1.SynthesizeResponse0\x01\x12_\n\x10SynthesizeStream\x12%.quietline.v1.SynthesizeStreamRequest\x1a .quietline.v1.SynthesizeResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,9 +35,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SYNTHESIZESTREAMREQUEST']._serialized_start=67
   _globals['_SYNTHESIZESTREAMREQUEST']._serialized_end=157
   _globals['_SYNTHESIZEREQUEST']._serialized_start=160
-  _globals['_SYNTHESIZEREQUEST']._serialized_end=329
-  _globals['_SYNTHESIZERESPONSE']._serialized_start=332
-  _globals['_SYNTHESIZERESPONSE']._serialized_end=471
-  _globals['_TTS']._serialized_start=474
-  _globals['_TTS']._serialized_end=659
+  _globals['_SYNTHESIZEREQUEST']._serialized_end=347
+  _globals['_SYNTHESIZERESPONSE']._serialized_start=350
+  _globals['_SYNTHESIZERESPONSE']._serialized_end=489
+  _globals['_TTS']._serialized_start=492
+  _globals['_TTS']._serialized_end=677
 # @@protoc_insertion_point(module_scope)

@@ -15,20 +15,22 @@ class SynthesizeStreamRequest(_message.Message):
     def __init__(self, settings: _Optional[_Union[SynthesizeRequest, _Mapping]] = ..., text: _Optional[str] = ...) -> None: ...
 
 class SynthesizeRequest(_message.Message):
-    __slots__ = ("call", "text", "voice", "format", "chunk_ms", "speaking_rate")
+    __slots__ = ("call", "text", "voice", "format", "chunk_ms", "speaking_rate", "language")
     CALL_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     VOICE_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     CHUNK_MS_FIELD_NUMBER: _ClassVar[int]
     SPEAKING_RATE_FIELD_NUMBER: _ClassVar[int]
+    LANGUAGE_FIELD_NUMBER: _ClassVar[int]
     call: _common_pb2.CallRef
     text: str
     voice: str
     format: _common_pb2.AudioFormat
     chunk_ms: int
     speaking_rate: float
-    def __init__(self, call: _Optional[_Union[_common_pb2.CallRef, _Mapping]] = ..., text: _Optional[str] = ..., voice: _Optional[str] = ..., format: _Optional[_Union[_common_pb2.AudioFormat, _Mapping]] = ..., chunk_ms: _Optional[int] = ..., speaking_rate: _Optional[float] = ...) -> None: ...
+    language: str
+    def __init__(self, call: _Optional[_Union[_common_pb2.CallRef, _Mapping]] = ..., text: _Optional[str] = ..., voice: _Optional[str] = ..., format: _Optional[_Union[_common_pb2.AudioFormat, _Mapping]] = ..., chunk_ms: _Optional[int] = ..., speaking_rate: _Optional[float] = ..., language: _Optional[str] = ...) -> None: ...
 
 class SynthesizeResponse(_message.Message):
     __slots__ = ("audio", "format", "sentence_index", "sentence_text", "last")
