@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test proto bench-call bench-asr bench-knowledge down status
+.PHONY: setup run test proto bench-call bench-asr bench-knowledge bench-tts down status
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v cmake >/dev/null && command -v g++ >/dev/null || \
@@ -51,3 +51,6 @@ bench-asr: setup
 
 bench-knowledge: setup
 	$(PY) benchmarks/knowledge/bench_knowledge.py --out benchmarks/results/knowledge.json
+
+bench-tts: setup
+	$(PY) benchmarks/tts/bench_tts.py --out benchmarks/results/tts.json

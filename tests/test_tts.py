@@ -322,3 +322,37 @@ async def test_a_call_language_picks_its_configured_voice(tts):
     assert by_language[-1].last
     spoken = [sum(len(r.audio) for r in responses) for responses in (by_language, by_default)]
     assert spoken[0] > 4000 and abs(spoken[0] - spoken[1]) / spoken[1] < 0.25
+
+
+def whisper_heard(responses, state_dir) -> str:
+    from faster_whisper import WhisperModel
+
+    model = WhisperModel(str(resolve_model("whisper-tiny-en", state_dir).path), device="cpu",
+                         compute_type="int8", cpu_threads=2)
+    segments, _ = model.transcribe(samples_of(responses, PCM16), language="en", beam_size=1)
+    return " ".join(s.text for s in segments)
+
+
+async def test_amounts_dates_and_ids_are_read_as_a_caller_expects(tts, state_dir):
+    text = "Your order #W2378156 of $1,247.99 ships on 10/10/2025."
+    responses = await synthesize(tts, text=text, format=PCM_16K, chunk_ms=20)
+    assert responses[0].sentence_text == text  # the caption keeps the written form
+    heard = whisper_heard(responses, state_dir)
+    # "#" is said as "number" and the date as a date (not "ten slash ten"); the id's characters, the
+    # amount's digits and the year all come through, in order.
+    assert "number" in heard.lower() and "october" in heard.lower(), heard
+    digits = re.sub(r"\D", "", heard)
+    assert "2378156" in digits and "124799" in digits and "2025" in digits, heard
+
+
+async def test_ssml_breaks_and_say_as_are_spoken(tts):
+    ssml = ('<speak>Your reference is <say-as interpret-as="characters">AB12</say-as>.'
+            '<break time="800ms"/>Thank you.</speak>')
+    responses = await synthesize(tts, text=ssml, format=MULAW_8K, chunk_ms=20)
+    assert [r.sentence_text for r in responses if r.sentence_text] == ["Your reference is A B one two.", "Thank you."]
+    first = samples_of([r for r in responses if r.sentence_index == 0], MULAW)
+    # The 800 ms break ends the first sentence: its last 0.75 s are silent.
+    assert float(np.abs(first[-6000:]).max()) < 0.01
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await synthesize(tts, text="<speak>Hello <emphasis>there</emphasis></speak>")
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "emphasis" in raised.value.details()

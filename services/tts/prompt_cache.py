@@ -22,12 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
+from services.tts.speech_text import normalise_for_speech
 from services.tts.synthesizer import Synthesizer, Voice, speakable_sentences
 
 log = logging.getLogger("quietline.tts.prompt_cache")
 
 # Bumped when what is stored changes shape, so old files are ignored rather than misread.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def prompt_text_key(text: str) -> str:
@@ -36,8 +37,9 @@ def prompt_text_key(text: str) -> str:
 
 
 def prompt_file_name(voice: Voice, text: str) -> str:
-    """The cache file of a prompt: the voice, its build and the text decide the audio."""
-    identity = json.dumps([FORMAT_VERSION, voice.name, voice.model_digest, prompt_text_key(text)])
+    """The cache file of a prompt: the voice, its build and the text as read (normalised) decide the audio."""
+    spoken = [normalise_for_speech(sentence, voice.language) for sentence in speakable_sentences(text)]
+    identity = json.dumps([FORMAT_VERSION, voice.name, voice.model_digest, prompt_text_key(text), spoken])
     return hashlib.sha256(identity.encode()).hexdigest() + ".npz"
 
 
@@ -85,7 +87,7 @@ class PromptCache:
             entry = cache._read(path)
             if entry is None:
                 entry = CachedPrompt(tuple(
-                    (sentence, synthesizer.synthesize_sentence(voice, sentence))
+                    (sentence, synthesizer.synthesize_sentence(voice, normalise_for_speech(sentence, voice.language)))
                     for sentence in speakable_sentences(prompt)
                 ))
                 cache._write(path, entry)

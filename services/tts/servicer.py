@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from dataclasses import dataclass
 from typing import NoReturn, TypeVar
 from collections.abc import AsyncIterator, Iterator
 
@@ -23,6 +24,7 @@ from services.kit.config import TtsSettings
 from services.kit.metrics import ERRORS, STAGE_LATENCY
 from services.tts.prompt_cache import PromptCache
 from services.tts.sentence_stream import SentenceStream
+from services.tts.speech_text import SpeechTextError, is_ssml, normalise_for_speech, ssml_to_speech_text
 from services.tts.synthesizer import (
     MAX_SPEAKING_RATE,
     MIN_SPEAKING_RATE,
@@ -46,6 +48,17 @@ CANCELLED = Counter(
 
 log = logging.getLogger("quietline.tts")
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class SpeechUnit:
+    """One sentence or clause to send: its text as written (sent as sentence_text), the text the voice
+    reads, the audio when it is already known (a cached prompt), and a pause to follow it (SSML)."""
+
+    text: str
+    spoken: str
+    audio: np.ndarray | None = None
+    pause_ms: int = 0
 
 
 def output_format(requested: common_pb2.AudioFormat, voice: Voice) -> common_pb2.AudioFormat:
@@ -135,9 +148,13 @@ class TtsServicer(tts_pb2_grpc.TtsServicer):
         cached = self.prompt_cache.get(voice.name, text) if request.speaking_rate in (0, 1) else None
         if cached is not None:
             PROMPT_CACHE_HITS.labels(voice.name).inc()
-            sentences = [sentence for sentence, _ in cached.sentences]
+            units = [SpeechUnit(sentence, sentence, audio) for sentence, audio in cached.sentences]
         else:
-            sentences = speakable_sentences(text)
+            try:
+                units = self._units_of(text, voice)
+            except SpeechTextError as err:
+                await self._reject(context, grpc.StatusCode.INVALID_ARGUMENT, "bad_text", str(err))
+        sentences = [unit.text for unit in units]
         if not sentences:
             await self._reject(context, grpc.StatusCode.INVALID_ARGUMENT, "empty_text",
                                "text has nothing to pronounce (only punctuation or symbols): send words")
@@ -145,8 +162,7 @@ class TtsServicer(tts_pb2_grpc.TtsServicer):
         # Stays "cancelled" when the caller hangs up or barges in (CancelledError / GeneratorExit here).
         outcome = "cancelled"
         try:
-            units = _listed(sentences, [audio for _, audio in cached.sentences] if cached else None)
-            stream = self._stream(request, context, voice, fmt, units, received, len(sentences))
+            stream = self._stream(request, context, voice, fmt, _listed(units), received, len(units))
             async with contextlib.aclosing(stream):
                 async for response in stream:
                     yield response
@@ -174,23 +190,21 @@ class TtsServicer(tts_pb2_grpc.TtsServicer):
         context: grpc.aio.ServicerContext,
         voice: Voice,
         fmt: common_pb2.AudioFormat,
-        units: AsyncIterator[tuple[str, np.ndarray | None]],
+        units: AsyncIterator[SpeechUnit],
         received: float,
         count: int | None,
     ) -> AsyncIterator[tts_pb2.SynthesizeResponse]:
-        """The response chunks, unit by unit (a unit's audio is None until synthesised here); stops at
-        once when the call is cancelled. With `count` unknown (text still arriving), the stream ends
-        with an empty chunk that has `last` set."""
+        """The response chunks, unit by unit (synthesised here unless the unit brings its audio); stops
+        at once when the call is cancelled. With `count` unknown (text still arriving), the stream
+        ends with an empty chunk that has `last` set."""
         sent_any = False
         sent_last = False
         index = -1
-        async for index, (sentence, cached_audio) in _enumerate(units):
+        async for index, unit in _enumerate(units):
             if context.cancelled():
                 raise asyncio.CancelledError
-            if cached_audio is not None:
-                audio = to_wire(cached_audio, voice.sample_rate_hz, fmt)
-            else:
-                audio = await asyncio.to_thread(self._synthesize_to_wire, voice, sentence, request.speaking_rate, fmt)
+            sentence = unit.text
+            audio = await asyncio.to_thread(self._unit_to_wire, voice, unit, request.speaking_rate, fmt)
             is_last_sentence = count is not None and index == count - 1
             chunks = list(split_chunks(audio, fmt, request.chunk_ms)) if audio else []
             for position, chunk in enumerate(chunks):
@@ -232,7 +246,7 @@ class TtsServicer(tts_pb2_grpc.TtsServicer):
         received_chars = 0
         units_sent = 0
 
-        async def units() -> AsyncIterator[tuple[str, np.ndarray | None]]:
+        async def units() -> AsyncIterator[SpeechUnit]:
             nonlocal received_chars, units_sent
             # One text to begin with: the first request's settings.text and its text field.
             texts = [settings.text + first.text]
@@ -248,14 +262,14 @@ class TtsServicer(tts_pb2_grpc.TtsServicer):
                         )
                     for unit in pieces.feed(text):
                         units_sent += 1
-                        yield unit, None
+                        yield self._unit(unit, voice)
                 request = await anext(iterator, None)
                 if request is None:
                     break
                 texts = [request.text]
             for unit in pieces.finish():
                 units_sent += 1
-                yield unit, None
+                yield self._unit(unit, voice)
             if units_sent == 0:
                 await self._reject(context, grpc.StatusCode.INVALID_ARGUMENT, "empty_text",
                                    "the streamed text has nothing to pronounce: send words")
@@ -285,15 +299,40 @@ class TtsServicer(tts_pb2_grpc.TtsServicer):
                        "outcome": outcome, "duration_ms": round((time.perf_counter() - received) * 1000, 1)},
             )
 
-    def _synthesize_to_wire(self, voice: Voice, sentence: str, rate: float, fmt: common_pb2.AudioFormat) -> bytes:
-        """Worker-thread step: synthesise one sentence and convert it to the wire format."""
-        samples = self.synthesizer.synthesize_sentence(voice, sentence, rate)
+    @staticmethod
+    def _unit(text: str, voice: Voice) -> SpeechUnit:
+        """A unit of plain text: the voice reads its normalised form (numbers, dates, ids spelled out)."""
+        return SpeechUnit(text, normalise_for_speech(text, voice.language))
+
+    def _units_of(self, text: str, voice: Voice) -> list[SpeechUnit]:
+        """The units of a whole request's text: SSML pieces with their pauses, or plain sentences."""
+        if not is_ssml(text):
+            return [self._unit(sentence, voice) for sentence in speakable_sentences(text)]
+        units: list[SpeechUnit] = []
+        for piece in ssml_to_speech_text(text, voice.language):
+            sentences = speakable_sentences(piece.text)
+            for position, sentence in enumerate(sentences):
+                pause = piece.pause_ms if position == len(sentences) - 1 else 0
+                # SSML text comes out normalised already (say-as decided how it is read).
+                units.append(SpeechUnit(sentence, sentence, pause_ms=pause))
+            if not sentences and piece.pause_ms and units:
+                last = units[-1]
+                units[-1] = SpeechUnit(last.text, last.spoken, last.audio, last.pause_ms + piece.pause_ms)
+        return units
+
+    def _unit_to_wire(self, voice: Voice, unit: SpeechUnit, rate: float, fmt: common_pb2.AudioFormat) -> bytes:
+        """Worker-thread step: synthesise one unit (unless its audio is known), add its pause, and
+        convert it to the wire format."""
+        samples = unit.audio if unit.audio is not None else self.synthesizer.synthesize_sentence(voice, unit.spoken, rate)
+        if unit.pause_ms:
+            pause = np.zeros(voice.sample_rate_hz * unit.pause_ms // 1000, dtype=np.float32)
+            samples = np.concatenate([samples, pause])
         return to_wire(samples, voice.sample_rate_hz, fmt)
 
 
-async def _listed(sentences: list[str], audio: list[np.ndarray] | None) -> AsyncIterator[tuple[str, np.ndarray | None]]:
-    for index, sentence in enumerate(sentences):
-        yield sentence, audio[index] if audio is not None else None
+async def _listed(units: list[SpeechUnit]) -> AsyncIterator[SpeechUnit]:
+    for unit in units:
+        yield unit
 
 
 async def _enumerate(items: AsyncIterator[T]) -> AsyncIterator[tuple[int, T]]:

@@ -40,6 +40,11 @@ class Voice:
     # The manifest's checksums of the voice's files: cached audio of another build of the voice is stale.
     model_digest: str = ""
 
+    @property
+    def language(self) -> str:
+        """The voice's language for text normalisation ("en" for espeak's "en-us")."""
+        return self.piper.config.espeak_voice.split("-")[0] or "en"
+
 
 def load_voice(name: str, state_dir: Path | None, cpu_threads: int) -> Voice:
     """Resolve a voice through the model registry (checksums verified) and load its ONNX model.
