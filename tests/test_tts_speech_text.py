@@ -393,3 +393,15 @@ def test_ssml_in_another_language() -> None:
 def test_ssml_errors_name_the_problem(ssml: str, message: str) -> None:
     with pytest.raises(SpeechTextError, match=message):
         ssml_to_speech_text(ssml)
+
+
+@pytest.mark.parametrize(
+    ("written", "spoken"),
+    [
+        ("At 14:05:09 it failed.", "At fourteen oh five and nine seconds it failed."),
+        ("Don't worry—we can help.", "Don't worry, we can help."),
+        ("It was fine – really fine.", "It was fine, really fine."),
+    ],
+)
+def test_timestamps_and_dashes_found_by_the_intelligibility_benchmark(written, spoken):
+    assert normalise_for_speech(written) == spoken

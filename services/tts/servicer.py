@@ -23,7 +23,7 @@ from services.kit.audio import PCM16, AudioError, check_format, encode, resample
 from services.kit.config import TtsSettings
 from services.kit.metrics import ERRORS, STAGE_LATENCY
 from services.tts.prompt_cache import PromptCache
-from services.tts.sentence_stream import SentenceStream
+from services.tts.sentence_stream import SentenceStream, speech_units
 from services.tts.speech_text import SpeechTextError, is_ssml, normalise_for_speech, ssml_to_speech_text
 from services.tts.synthesizer import (
     MAX_SPEAKING_RATE,
@@ -307,7 +307,8 @@ class TtsServicer(tts_pb2_grpc.TtsServicer):
     def _units_of(self, text: str, voice: Voice) -> list[SpeechUnit]:
         """The units of a whole request's text: SSML pieces with their pauses, or plain sentences."""
         if not is_ssml(text):
-            return [self._unit(sentence, voice) for sentence in speakable_sentences(text)]
+            # A long sentence is spoken clause by clause, so its first words wait for less synthesis.
+            return [self._unit(unit, voice) for sentence in speakable_sentences(text) for unit in speech_units(sentence)]
         units: list[SpeechUnit] = []
         for piece in ssml_to_speech_text(text, voice.language):
             sentences = speakable_sentences(piece.text)

@@ -357,7 +357,7 @@ _ENGLISH_PATTERN = _combine(
             r"(?<![\w:.])(?P<time_ampm>(?P<ap_h>\d{1,2})(?::(?P<ap_min>[0-5]\d))?\s?(?P<ap_x>[AaPp])\.?\s?[Mm]"
             r"(?P<ap_dot>\.)?)(?!\w)"
         ),
-        r"(?<![\w:.])(?P<time_24>(?P<t_h>[01]?\d|2[0-3]):(?P<t_m>[0-5]\d))(?![\w:]|\.\d)",
+        r"(?<![\w:.])(?P<time_24>(?P<t_h>[01]?\d|2[0-3]):(?P<t_m>[0-5]\d)(?::(?P<t_s>[0-5]\d))?)(?![\w:]|\.\d)",
         _PHONE,
         *_ENGLISH_CURRENCY_SYMBOL_FIRST,
         rf"(?<![\w.,])(?P<ordinal>(?P<ord_num>\d{{1,3}}(?:,\d{{3}})+|\d+){_ORDINAL_SUFFIX})(?!\w)",
@@ -473,8 +473,12 @@ def _on_time_ampm(m: Match, lang: _Language) -> str:
 def _on_time_24(m: Match, lang: _Language) -> str:
     hour, minute = int(m["t_h"]), int(m["t_m"])
     if minute:
-        return f"{_words(hour, lang)} {_minute_words(minute, lang)}"
-    return f"{_words(hour, lang)} hundred" if hour > 12 or hour == 0 else f"{_words(hour, lang)} o'clock"
+        spoken = f"{_words(hour, lang)} {_minute_words(minute, lang)}"
+    else:
+        spoken = f"{_words(hour, lang)} hundred" if hour > 12 or hour == 0 else f"{_words(hour, lang)} o'clock"
+    seconds = int(m["t_s"] or 0)
+    # A timestamp's seconds ("02:30:15") are said only when there are some.
+    return f"{spoken} and {_words(seconds, lang)} seconds" if seconds else spoken
 
 
 def _on_currency(m: Match, lang: _Language, prefix: str) -> str:
@@ -607,6 +611,7 @@ _HANDLERS: dict[str, _Handler] = {
 _ASCII_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _UNSPEAKABLE_CATEGORIES = frozenset({"So", "Cn", "Co", "Cs", "Cc", "Cf"})
 _SPACE_RUN = re.compile(r"[ \t]+")
+_DASH_BETWEEN_WORDS = re.compile(r"(?<=[^\W\d])\s*\u2014\s*(?=\w)|\s+\u2013\s+(?=[^\W\d])")
 _SPACE_BEFORE_PUNCTUATION = re.compile(r"[ \t]+(?=[.,!?;:])")
 _SPACE_AROUND_NEWLINE = re.compile(r" ?\n ?")
 
@@ -648,7 +653,8 @@ def normalise_for_speech(text: str, language: str = "en") -> str:
     speakable remains. Raises UnsupportedLanguage when num2words has no number words for `language`.
     """
     lang = _resolve_language(language)
-    return _tidy_spacing(_rewrite(text, lang))
+    # An em dash between words is a pause; the voice otherwise runs over it (and can drop what follows).
+    return _tidy_spacing(_rewrite(_DASH_BETWEEN_WORDS.sub(", ", text), lang))
 
 
 # ------------------------------------------------------------------------------------------------------- SSML
