@@ -84,19 +84,24 @@ def _blocks(content: str) -> Iterator[tuple[int, tuple[str, ...], _Span]]:
     yield from close()
 
 
-def _sentence_spans(content: str, span: _Span) -> list[_Span]:
-    """The sentences of a span (the kit's abbreviation-aware splitter), located in `content`."""
-    spans: list[_Span] = []
-    cursor = span.start
-    for sentence in split_sentences(content[span.start : span.end]):
-        found = content.find(sentence, cursor, span.end)
+def sentence_spans(content: str, start: int, end: int) -> list[tuple[int, int]]:
+    """(start, end) offsets in `content` of the sentences of content[start:end] (the kit's
+    abbreviation-aware splitter); text the splitter altered is taken as one last piece."""
+    spans: list[tuple[int, int]] = []
+    cursor = start
+    for sentence in split_sentences(content[start:end]):
+        found = content.find(sentence, cursor, end)
         if found < 0:
-            break  # the splitter altered the text; the rest is taken as one piece
-        spans.append(_Span(found, found + len(sentence), 0))
+            break
+        spans.append((found, found + len(sentence)))
         cursor = found + len(sentence)
-    if content[cursor : span.end].strip():
-        spans.append(_Span(cursor, span.end, 0))
+    if content[cursor:end].strip():
+        spans.append((cursor, end))
     return spans
+
+
+def _sentence_spans(content: str, span: _Span) -> list[_Span]:
+    return [_Span(begin, finish, 0) for begin, finish in sentence_spans(content, span.start, span.end)]
 
 
 def _split_long(content: str, span: _Span, limit: int) -> list[_Span]:

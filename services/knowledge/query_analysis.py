@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from services.kit.text import split_sentences
+from services.knowledge.chunking import sentence_spans
 
 # Spoken openers and request frames; each removed wherever it stands in the utterance.
 CONVERSATIONAL_FILLER = re.compile(
@@ -92,14 +92,7 @@ def _topic_words(text: str) -> set[str]:
 def best_snippet(query: str, text: str, start_char: int, max_chars: int = 300) -> Snippet:
     """The sentence of `text` (a passage starting at `start_char` in its document) sharing the most
     topic words with `query`, extended by the following sentences while it stays within `max_chars`."""
-    sentences: list[tuple[int, int]] = []
-    cursor = 0
-    for sentence in split_sentences(text):
-        found = text.find(sentence, cursor)
-        if found < 0:
-            break
-        sentences.append((found, found + len(sentence)))
-        cursor = found + len(sentence)
+    sentences = sentence_spans(text, 0, len(text))
     if not sentences:
         return Snippet(text[:max_chars], start_char, start_char + min(len(text), max_chars))
     wanted = _topic_words(query)
