@@ -12,7 +12,7 @@ import logging
 import time
 from dataclasses import dataclass
 from typing import NoReturn, TypeVar
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import grpc
 import numpy as np
@@ -159,30 +159,45 @@ class TtsServicer(tts_pb2_grpc.TtsServicer):
             await self._reject(context, grpc.StatusCode.INVALID_ARGUMENT, "empty_text",
                                "text has nothing to pronounce (only punctuation or symbols): send words")
 
+        stream = self._stream(request, context, voice, fmt, _listed(units), received, len(units))
+        async for response in self._reported(stream, context, request.call, "synthesize", received, lambda: {
+            "sentences": len(sentences), "cached": cached is not None,
+        }):
+            yield response
+
+    async def _reported(
+        self,
+        stream: AsyncIterator[tts_pb2.SynthesizeResponse],
+        context: grpc.aio.ServicerContext,
+        call: common_pb2.CallRef,
+        event: str,
+        received: float,
+        fields: Callable[[], dict],
+    ) -> AsyncIterator[tts_pb2.SynthesizeResponse]:
+        """Pass `stream` on; a synthesis failure becomes INTERNAL, a barge-in is counted, and the
+        outcome is logged with `fields()` (read at the end)."""
         # Stays "cancelled" when the caller hangs up or barges in (CancelledError / GeneratorExit here).
         outcome = "cancelled"
         try:
-            stream = self._stream(request, context, voice, fmt, _listed(units), received, len(units))
             async with contextlib.aclosing(stream):
                 async for response in stream:
                     yield response
             outcome = "completed"
+        except grpc.aio.AbortError:
+            outcome = "refused"
+            raise
         except Exception as err:  # noqa: BLE001 - any synthesis failure becomes a clear status, not a crash
             outcome = "failed"
             ERRORS.labels(SERVICE, "synthesis").inc()
             # The exception type only: its message could quote the caller's text.
-            log.error("synthesis failed", extra={"call_id": request.call.call_id, "error": type(err).__name__})
+            log.error("synthesis failed", extra={"call_id": call.call_id, "error": type(err).__name__})
             await context.abort(grpc.StatusCode.INTERNAL,
                                 f"synthesis failed ({type(err).__name__}): retry; if it persists, check the tts log")
         finally:
             if outcome == "cancelled":
                 CANCELLED.inc()
-            log.info(
-                "synthesize",
-                extra={"call_id": request.call.call_id, "turn": request.call.turn, "sentences": len(sentences),
-                       "cached": cached is not None, "outcome": outcome,
-                       "duration_ms": round((time.perf_counter() - received) * 1000, 1)},
-            )
+            log.info(event, extra={"call_id": call.call_id, "turn": call.turn, "outcome": outcome, **fields(),
+                                   "duration_ms": round((time.perf_counter() - received) * 1000, 1)})
 
     async def _stream(
         self,
@@ -274,30 +289,10 @@ class TtsServicer(tts_pb2_grpc.TtsServicer):
                 await self._reject(context, grpc.StatusCode.INVALID_ARGUMENT, "empty_text",
                                    "the streamed text has nothing to pronounce: send words")
 
-        outcome = "cancelled"
-        try:
-            stream = self._stream(settings, context, voice, fmt, units(), received, None)
-            async with contextlib.aclosing(stream):
-                async for response in stream:
-                    yield response
-            outcome = "completed"
-        except grpc.aio.AbortError:
-            outcome = "refused"
-            raise
-        except Exception as err:  # noqa: BLE001 - any synthesis failure becomes a clear status, not a crash
-            outcome = "failed"
-            ERRORS.labels(SERVICE, "synthesis").inc()
-            log.error("synthesis failed", extra={"call_id": settings.call.call_id, "error": type(err).__name__})
-            await context.abort(grpc.StatusCode.INTERNAL,
-                                f"synthesis failed ({type(err).__name__}): retry; if it persists, check the tts log")
-        finally:
-            if outcome == "cancelled":
-                CANCELLED.inc()
-            log.info(
-                "synthesize stream",
-                extra={"call_id": settings.call.call_id, "turn": settings.call.turn, "units": units_sent,
-                       "outcome": outcome, "duration_ms": round((time.perf_counter() - received) * 1000, 1)},
-            )
+        stream = self._stream(settings, context, voice, fmt, units(), received, None)
+        async for response in self._reported(stream, context, settings.call, "synthesize stream", received,
+                                             lambda: {"units": units_sent}):
+            yield response
 
     @staticmethod
     def _unit(text: str, voice: Voice) -> SpeechUnit:
