@@ -33,20 +33,13 @@ from pathlib import Path
 import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+from latency_stats import percentiles  # noqa: E402
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 BENCH_PORT_BASE = 56460
 SUSTAINED_FINAL_MS = 2000.0
 DIGITS_REALTIME_EVERY = 10
 STREAM_STEPS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
-
-
-def percentiles(values: list[float]) -> dict:
-    values = [v for v in values if v is not None]
-    if not values:
-        return {"n": 0}
-    array = np.asarray(values)
-    return {"n": len(values), "p50": round(float(np.percentile(array, 50)), 1),
-            "p95": round(float(np.percentile(array, 95)), 1), "max": round(float(array.max()), 1)}
 
 
 def manifest(path: Path) -> list[dict]:

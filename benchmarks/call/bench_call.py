@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+from latency_stats import percentiles  # noqa: E402
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 BENCH_PORT_BASE = 55460
 STAGES = ("asr_final", "dialog_first_say", "tts_first_audio", "turn_total")
@@ -39,14 +41,6 @@ BANK_QUESTIONS = (
     "What do I need to bring to open an account?",
     "Someone sent me a text message asking for my PIN. Is that really you?",
 )
-
-
-def percentiles(values: list[float]) -> dict:
-    if not values:
-        return {"n": 0}
-    array = np.asarray(values)
-    return {"n": len(values), "p50": round(float(np.percentile(array, 50)), 1),
-            "p95": round(float(np.percentile(array, 95)), 1), "max": round(float(array.max()), 1)}
 
 
 def english_recordings(limit: int) -> list[dict]:

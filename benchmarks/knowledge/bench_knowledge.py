@@ -34,6 +34,8 @@ from pathlib import Path
 import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+from latency_stats import percentiles  # noqa: E402
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 BANKING = SHARED_DATA / "kb" / "banking"
 BANKING77 = SHARED_DATA / "intents" / "banking77"
@@ -48,12 +50,6 @@ SEARCH_K = 10
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from caller_questions import load_caller_questions  # noqa: E402
-
-
-def percentiles(values: list[float]) -> dict:
-    array = np.asarray(values)
-    return {"n": len(values), "p50": round(float(np.percentile(array, 50)), 1),
-            "p99": round(float(np.percentile(array, 99)), 1), "max": round(float(array.max()), 1)}
 
 
 def retrieval_scores(rankings: list[list[str]], required: list[tuple[str, ...]]) -> dict:
@@ -189,7 +185,7 @@ async def latency(client: KnowledgeClient, queries: list[str], collection: str) 
     times = []
     for query in queries:
         times.append((await client.search(query, collection))[1])
-    return percentiles(times)
+    return percentiles(times, points=(50, 99))
 
 
 async def speed_section(client: KnowledgeClient, bank_documents: list, scale_chunks: int) -> dict:

@@ -32,6 +32,8 @@ from pathlib import Path
 import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+from latency_stats import percentiles  # noqa: E402
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 POLICY = SHARED_DATA / "retail" / "policy.md"
 BANK_DOCUMENTS = SHARED_DATA / "kb" / "banking" / "documents"
@@ -47,12 +49,6 @@ AGENT_ONLY = re.compile(
     r"confirmation|user id|the user)\b",
     re.IGNORECASE,
 )
-
-
-def percentiles(values: list[float]) -> dict:
-    array = np.asarray(values)
-    return {"n": len(values), "p50": round(float(np.percentile(array, 50)), 1),
-            "p95": round(float(np.percentile(array, 95)), 1), "max": round(float(array.max()), 1)}
 
 
 def policy_sentences() -> list[str]:
