@@ -35,6 +35,7 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 from latency_stats import percentiles  # noqa: E402
+
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 BENCH_PORT_BASE = 56460
 SUSTAINED_FINAL_MS = 2000.0

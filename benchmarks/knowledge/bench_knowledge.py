@@ -36,6 +36,7 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 from latency_stats import percentiles  # noqa: E402
+
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 BANKING = SHARED_DATA / "kb" / "banking"
 BANKING77 = SHARED_DATA / "intents" / "banking77"

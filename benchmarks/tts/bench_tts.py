@@ -34,6 +34,7 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 from latency_stats import percentiles  # noqa: E402
+
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 POLICY = SHARED_DATA / "retail" / "policy.md"
 BANK_DOCUMENTS = SHARED_DATA / "kb" / "banking" / "documents"
