@@ -27,7 +27,7 @@ from services.llm.launch_profiles import server_command, vllm_command
 
 README = MANIFEST_DIR.parent / "README.md"
 ROLES = {"asr", "tts", "llm", "embeddings"}
-SOURCE_KINDS = {"python-package", "assembled-package", "assembled-parts", "operator-files"}
+SOURCE_KINDS = {"python-package", "assembled-package", "assembled-parts", "converted", "operator-files"}
 SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -40,7 +40,8 @@ def _operator_mistral_folder(models_dir: Path) -> Path:
     folder = models_dir / "mistral-7b-instruct"
     folder.mkdir(parents=True)
     # Stand-ins with Mistral's native file names: only names and checksums matter to what is tested.
-    (folder / "params.json").write_text('{"dim": 4096, "n_layers": 32}')
+    # Mistral-7B-v0.3's attention shape (params.json): what the KV cache size is derived from.
+    (folder / "params.json").write_text('{"dim": 4096, "n_layers": 32, "n_heads": 32, "n_kv_heads": 8, "head_dim": 128}')
     (folder / "consolidated.safetensors").write_bytes(os.urandom(4096))
     (folder / "tokenizer.model.v3").write_bytes(os.urandom(512))
     return folder
@@ -76,7 +77,8 @@ def test_the_cpu_profile_models_resolve_and_verify_offline(state_dir: Path) -> N
     settings = load_settings(profile="cpu")
     names = {settings.asr.model, settings.asr.multilingual_model, settings.tts.voice,
              settings.knowledge.embedding_model, settings.llm.model}
-    assert names == {m.name for m in list_manifests() if "cpu" in m.profiles}
+    # Converted models (vLLM's copy of the Gemma GGUF) are made by `make llm-convert`, not by setup.
+    assert names == {m.name for m in list_manifests() if "cpu" in m.profiles and m.source["kind"] != "converted"}
     for name in sorted(names):
         resolved = resolve_model(name, state_dir)
         assert resolved.path.exists(), name
@@ -119,6 +121,22 @@ def test_operator_model_without_its_folder_names_quietline_models_dir(
     assert str(tmp_path / "models" / "mistral-7b-instruct") in str(error.value)
 
 
+def test_converted_model_without_its_folder_names_the_conversion_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("QUIETLINE_MODELS_DIR", str(tmp_path / "models"))
+    with pytest.raises(ModelError, match="make llm-convert") as error:
+        resolve_model("gemma3-270m-bf16", tmp_path / "state")
+    assert "converted from 'gemma3-270m-q4km'" in str(error.value)
+    # A converted folder whose weights were altered is refused by name, like any other model.
+    folder = tmp_path / "models" / "gemma3-270m-bf16"
+    folder.mkdir(parents=True)
+    for name in load_manifest("gemma3-270m-bf16").files:
+        (folder / name).write_text("{}")
+    with pytest.raises(ModelError, match=r"has sha256 [0-9a-f]{64}, expected"):
+        resolve_model("gemma3-270m-bf16", tmp_path / "state")
+
+
 def test_operator_model_without_sha256sums_says_how_to_make_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -139,16 +157,24 @@ def test_gpu_profile_resolves_operator_files_and_builds_the_vllm_command(
     resolved = resolve_model(settings.llm.model, tmp_path / "state")
     assert resolved.path == folder
 
-    argv = server_command(settings, resolved.path, python="/opt/venv/bin/python")
-    assert argv[:5] == ["/opt/venv/bin/python", "-m", "vllm.entrypoints.cli.main", "serve", str(folder)]
-    options = dict(zip(argv[5::2], argv[6::2]))
+    settings.llm.python = "/opt/venv/bin/python"  # vLLM in an environment of its own
+    argv = server_command(settings, resolved.path)
+    assert argv[:5] == ["/opt/venv/bin/python", "-m", "vllm.entrypoints.openai.api_server", "--model", str(folder)]
+    options = {part: argv[i + 1] for i, part in enumerate(argv) if part.startswith("--") and i + 1 < len(argv)}
     assert options["--served-model-name"] == "mistral-7b-instruct" == settings.llm.model
     assert options["--host"] == "127.0.0.1"
     assert options["--port"] == str(settings.llm.port)
     assert options["--max-model-len"] == str(settings.llm.context_tokens) == "8192"
+    # One sequence per call the appliance is sized for, plus background work, each at full context:
+    # 32 layers x 8 KV heads x 128 dims x (K and V) x 2 bytes = 128 KiB per token.
+    sequences = settings.call_capacity + settings.llm.background_sequences
+    assert options["--max-num-seqs"] == str(sequences)
+    assert options["--kv-cache-memory-bytes"] == str(sequences * 8192 * 128 * 1024)
+    assert options["--scheduling-policy"] == "priority"
     assert "--enable-prefix-caching" in argv
-    assert argv[argv.index("--tokenizer-mode") + 1] == "mistral"
-    assert argv[argv.index("--load-format") + 1] == "mistral"
+    assert options["--tokenizer-mode"] == "mistral"
+    assert options["--load-format"] == "mistral"
+    assert options["--tool-call-parser"] == "mistral" and "--enable-auto-tool-choice" in argv
     assert not any("log-requests" in part for part in argv)  # prompts never logged
 
     # A file changed after the operator's checksums were taken is refused, by name.
@@ -158,9 +184,11 @@ def test_gpu_profile_resolves_operator_files_and_builds_the_vllm_command(
 
 
 def test_hugging_face_layout_keeps_vllm_defaults_for_config_and_weights(tmp_path: Path) -> None:
-    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "config.json").write_text(
+        '{"num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8, "hidden_size": 4096}')
     (tmp_path / "tokenizer.model.v3").write_bytes(b"x")
-    argv = vllm_command(load_settings(profile="gpu"), tmp_path)
+    settings = load_settings(profile="gpu")
+    argv = vllm_command(settings, settings.llm.endpoint(), tmp_path)
     assert argv[argv.index("--tokenizer-mode") + 1] == "mistral"
     assert "--load-format" not in argv and "--config-format" not in argv
 

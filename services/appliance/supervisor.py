@@ -8,7 +8,9 @@ A start that fails stops everything it started, so no half-started appliance is 
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import os
 import signal
 import socket
@@ -61,14 +63,25 @@ class ServiceEntry:
         return f"{self.host}:{self.port}"
 
 
+def llm_service_name(settings: QuietLineSettings, tier: str) -> str:
+    """The supervisor's name for the LLM server of `tier`: "llm" for the default tier, else "llm-<tier>"."""
+    return "llm" if tier == settings.llm.tier else f"llm-{tier}"
+
+
 def service_entries(settings: QuietLineSettings) -> list[ServiceEntry]:
     """The appliance's services in start order (dialog last: it needs knowledge and the LLM)."""
 
     def grpc_entry(name: str, endpoint: Endpoint) -> ServiceEntry:
         return ServiceEntry(name, "grpc", endpoint.host, endpoint.port, endpoint.metrics_port)
 
+    # One LLM server per tier: "llm" serves the default tier, "llm-<tier>" each further one. Each serves
+    # its own Prometheus metrics at /metrics on its API port.
+    llm_entries = [
+        ServiceEntry(llm_service_name(settings, tier), "http", endpoint.host, endpoint.port, endpoint.port)
+        for tier, endpoint in settings.llm.endpoints().items()
+    ]
     return [
-        ServiceEntry("llm", "http", settings.llm.host, settings.llm.port, None),
+        *llm_entries,
         grpc_entry("asr", settings.asr.endpoint),
         grpc_entry("tts", settings.tts.endpoint),
         grpc_entry("knowledge", settings.knowledge.endpoint),
@@ -179,9 +192,12 @@ class Supervisor:
         return env
 
     def _service_argv(self, name: str) -> list[str]:
-        argv = [sys.executable, "-m", f"services.{name}", "--profile", self.settings.profile]
+        service, _, tier = name.partition("-")  # "llm-large" is the llm service serving tier "large"
+        argv = [sys.executable, "-m", f"services.{service}", "--profile", self.settings.profile]
         if self.config_file:
             argv += ["--config", str(self.config_file)]
+        if tier:
+            argv += ["--tier", tier]
         return argv
 
     def _spawn(self, entry: ServiceEntry, env: dict[str, str]) -> subprocess.Popen:
@@ -236,6 +252,8 @@ class Supervisor:
                 for entry in wave:
                     processes[entry.name] = self._spawn(entry, env)
                 self._wait_healthy(wave, processes)
+                if wave is first:
+                    self._warm_up_llm_servers()
         except BaseException:
             self._stop_processes(list(processes))
             if started_database:
@@ -263,6 +281,19 @@ class Supervisor:
                 )
             if pending:
                 time.sleep(0.25)
+
+    def _warm_up_llm_servers(self) -> None:
+        """One short answer from each LLM server before calls arrive (first-request costs: page-in, caches)."""
+        from services.llm.client import warm_up
+
+        names = {e.name for e in self.entries}
+        for tier, endpoint in self.settings.llm.endpoints().items():
+            if llm_service_name(self.settings, tier) in names:
+                try:
+                    asyncio.run(warm_up(endpoint))
+                except Exception as err:  # noqa: BLE001 - a failed warm-up only costs the first caller time
+                    logging.getLogger("quietline.appliance").warning(
+                        "llm warm-up failed", extra={"tier": tier, "error": str(err)})
 
     def _stop_processes(self, names: list[str]) -> list[str]:
         pids = {name: pid for name in names if (pid := self._running_pid(name))}

