@@ -33,6 +33,20 @@ enforce_offline()
 # each other or with a developer's running appliance (which uses the 50461.. defaults).
 SERVICE_PORT_BASE = 52460
 STACK_PORT_BASE = 53460
+# What the LLM tests ask (tests/test_llm.py and tests/with_vllm): a bank question, and a route decision's schema.
+LLM_QUESTION = [
+    {"role": "system", "content": "You answer questions about a bank's branches."},
+    {"role": "user", "content": "When does the branch on Main Street open on Saturdays?"},
+]
+ROUTE_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "route": {"enum": ["faq", "flow", "llm", "human"]},
+        "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+    },
+    "required": ["route", "confidence"],
+    "additionalProperties": False,
+}
 # Kept as names tests already use; the port plan lives with the supervisor.
 make_test_config = config_with_ports
 
@@ -132,12 +146,13 @@ class ServiceProcess:
         return self.log_path.read_text(errors="replace")
 
 
-def start_service(name: str, config_file: Path, extra_env: dict[str, str] | None = None) -> ServiceProcess:
+def start_service(name: str, config_file: Path, extra_env: dict[str, str] | None = None,
+                  timeout_s: float = 180.0) -> ServiceProcess:
     """Start `services.<name>` (`llm` included) with `config_file` and wait until it reports healthy."""
     env = {**os.environ, **OFFLINE_ENVIRONMENT, **(extra_env or {})}
     service = ServiceProcess(name, config_file, env)
     try:
-        service.wait_healthy()
+        service.wait_healthy(timeout_s)
     except BaseException:
         service.stop()
         raise

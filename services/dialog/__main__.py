@@ -26,7 +26,7 @@ _resources: dict = {}
 async def setup(server: grpc.aio.Server, settings: QuietLineSettings) -> list[str]:
     """Dialog: the per-turn router (knowledge search, grounded LLM answer, extractive fallback, handover)."""
     channel = open_channel(settings.knowledge.endpoint.target, settings.default_rpc_deadline_s)
-    llm = LlmClient(settings.llm.base_url, settings.llm.model)
+    llm = LlmClient.from_settings(settings.llm)
     _resources.update(channel=channel, llm=llm)
     answerer = TurnAnswerer(settings, knowledge_pb2_grpc.KnowledgeStub(channel), llm)
     dialog_pb2_grpc.add_DialogServicer_to_server(DialogServicer(answerer), server)
