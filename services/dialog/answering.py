@@ -31,6 +31,7 @@ from services.kit.config import QuietLineSettings
 from services.kit.metrics import ERRORS, STAGE_LATENCY
 from services.kit.text import split_sentences
 from services.llm.client import LlmClient, LlmFailure
+from services.llm.prompt_layout import StablePrefix, assemble_messages
 
 log = logging.getLogger("quietline.dialog")
 
@@ -50,12 +51,15 @@ MIN_LLM_BUDGET_S = 0.25
 # Extractive candidates shorter than this are headings or fragments, not answers.
 MIN_EXTRACT_WORDS = 4
 
-# The front of the prompt never changes, so the server's prefix cache reuses it across turns. It is
-# one user message because Gemma's and Mistral's chat formats have no system role.
-PROMPT_INSTRUCTIONS = (
-    "You are a bank's phone assistant. Answer the caller's question in one or two short sentences, "
-    "using only the facts in the numbered passages. If the passages do not answer it, say that you "
-    "do not know."
+# The front of the prompt never changes, so the server's prefix cache reuses it across turns
+# (services/llm/prompt_layout.py); the client moves it into the first user turn, since Gemma's and
+# Mistral's chat formats have no system role.
+ANSWER_PREFIX = StablePrefix(
+    instructions=(
+        "You are a bank's phone assistant. Answer the caller's question in one or two short sentences, "
+        "using only the facts in the numbered passages. If the passages do not answer it, say that you "
+        "do not know."
+    )
 )
 # Generation stops at a paragraph break or when the model starts a new prompt section.
 PROMPT_STOP_SEQUENCES = ["\n\n", "Question:", "Passages:", "<end_of_turn>"]
@@ -291,12 +295,11 @@ def build_prompt(question: str, passages: Sequence[knowledge_pb2.Passage], passa
     most of the time to the first token.
     """
     blocks = []
-    for number, passage in enumerate(passages, start=1):
+    for passage in passages:
         heading = _passage_heading(passage)
         words = " ".join(strip_markup(passage.text)).split()[:passage_words]
-        blocks.append(f"[{number}] {heading}\n{' '.join(words)}")
-    content = f"{PROMPT_INSTRUCTIONS}\n\nPassages:\n" + "\n\n".join(blocks) + f"\n\nQuestion: {question}\nAnswer:"
-    return [{"role": "user", "content": content}]
+        blocks.append(f"{heading}\n{' '.join(words)}")
+    return assemble_messages(ANSWER_PREFIX, question, blocks)
 
 
 def _route(route: str, reason: str) -> dialog_pb2.TurnEvent:
