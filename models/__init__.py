@@ -64,6 +64,11 @@ def list_manifests() -> list[ModelManifest]:
     return [load_manifest(p.stem) for p in sorted(MANIFEST_DIR.glob("*.yaml"))]
 
 
+def operator_models_dir() -> Path:
+    """Where operator-provided and converted models live: QUIETLINE_MODELS_DIR, else /var/lib/quietline/models."""
+    return Path(os.environ.get("QUIETLINE_MODELS_DIR", DEFAULT_OPERATOR_DIR))
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
@@ -262,9 +267,18 @@ def resolve_model(name: str, state_dir: Path | str | None = None) -> ResolvedMod
     elif kind == "assembled-parts":
         path = _assemble_parts(manifest, state, cache)
         _verify(manifest, path, cache)
+    elif kind == "converted":
+        folder = operator_models_dir() / manifest.source["path"]
+        if not folder.is_dir():
+            raise ModelError(
+                f"model '{manifest.name}' is converted from '{manifest.source['from']}' but {folder} does not "
+                f"exist: run `make llm-convert` (python -m services.llm.convert_gguf {manifest.name} in the vLLM "
+                "environment), or set QUIETLINE_MODELS_DIR to where it was converted"
+            )
+        _verify(manifest, folder, cache)
+        path = folder
     elif kind == "operator-files":
-        root = Path(os.environ.get("QUIETLINE_MODELS_DIR", DEFAULT_OPERATOR_DIR))
-        folder = root / manifest.source["path"]
+        folder = operator_models_dir() / manifest.source["path"]
         if not folder.is_dir():
             raise ModelError(
                 f"model '{manifest.name}' is provided by the operator but {folder} does not exist: copy the model "
