@@ -26,7 +26,6 @@ from services.kit.config import ConfigError, load_settings
 from services.kit.offline import OFFLINE_ENVIRONMENT
 from services.llm.client import LlmClient, LlmFailure, merge_system_messages
 from services.llm.launch_profiles import (
-    SERVER_OFFLINE_ENVIRONMENT,
     llama_cpp_command,
     llama_cpp_environment,
     server_command,
@@ -87,7 +86,7 @@ def test_llama_cpp_profile_names_the_chat_format_and_keeps_requests_queued(tmp_p
     assert options["--n_ctx"] == str(settings.llm.context_tokens)
     assert options["--model_alias"] == settings.llm.model
     environment = llama_cpp_environment({"HOST": "0.0.0.0", "API_KEY": "x", "PATH": "/bin"}, ["api_key"])
-    assert environment == {"PATH": "/bin", "OMP_WAIT_POLICY": "PASSIVE", **SERVER_OFFLINE_ENVIRONMENT}
+    assert environment == {"PATH": "/bin", "OMP_WAIT_POLICY": "PASSIVE", **OFFLINE_ENVIRONMENT}
 
 
 def test_non_loopback_host_is_refused_before_anything_starts(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from services.kit.config import REPO_ROOT, ConfigError, LlmEndpoint, QuietLineSettings
+from services.kit.offline import OFFLINE_ENVIRONMENT
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 CHAT_TEMPLATE_DIR = Path(__file__).resolve().parent / "chat_templates"
@@ -27,20 +28,6 @@ VLLM_CHAT_TEMPLATES = {"gemma3-270m-bf16": CHAT_TEMPLATE_DIR / "gemma.jinja"}
 # Environment variables that llama-cpp-python's server reads *over* its command line
 # (`os.getenv("HOST")` / `os.getenv("PORT")` and CONFIG_FILE in its __main__).
 LLAMA_CPP_OVERRIDING_ENVIRONMENT = ("HOST", "PORT", "CONFIG_FILE")
-
-# Nothing may leave the site: no model hub lookups, no usage reports (vLLM sends them by default).
-SERVER_OFFLINE_ENVIRONMENT = {
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "VLLM_NO_USAGE_STATS": "1",
-    "VLLM_DO_NOT_TRACK": "1",
-    "DO_NOT_TRACK": "1",
-}
-
-# Requests for live turns go before background work (summaries, briefings) in vLLM's priority
-# scheduler; lower runs first.
-REQUEST_PRIORITIES = {"turn": 0, "background": 10}
 
 KV_BYTES_PER_VALUE = 2  # float16 / bfloat16 KV cache
 
@@ -111,7 +98,7 @@ def llama_cpp_environment(environ: Mapping[str, str], setting_names: Iterable[st
     # tts that spinning starves everyone (measured: 42 s instead of 6 s for one answer under load).
     environment["OMP_WAIT_POLICY"] = "PASSIVE"
     environment.pop("OMP_NUM_THREADS", None)  # n_threads on the command line decides
-    return {**environment, **SERVER_OFFLINE_ENVIRONMENT}
+    return {**environment, **OFFLINE_ENVIRONMENT}
 
 
 def vllm_environment(environ: Mapping[str, str], endpoint: LlmEndpoint) -> dict[str, str]:
@@ -120,7 +107,7 @@ def vllm_environment(environ: Mapping[str, str], endpoint: LlmEndpoint) -> dict[
     # VLLM_CPU_KVCACHE_SPACE would override --kv-cache-memory-bytes; the command line decides.
     environment.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
     environment["OMP_NUM_THREADS"] = str(endpoint.threads)
-    return {**environment, **SERVER_OFFLINE_ENVIRONMENT}
+    return {**environment, **OFFLINE_ENVIRONMENT}
 
 
 def kv_bytes_per_token(model_path: Path) -> int:
