@@ -27,7 +27,8 @@ from services.kit.config import KnowledgeSettings
 from services.kit.offline import OFFLINE_ENVIRONMENT
 from services.knowledge.chunking import chunk_markdown
 from services.knowledge.documents import read_document_folder
-from services.knowledge.store import MIGRATIONS_DIR, apply_migrations
+from services.kit.database import apply_migrations
+from services.knowledge.store import MIGRATIONS_DIR
 
 SAMPLE_KB = REPO_ROOT / "services" / "knowledge" / "sample_kb"
 # Every 11th of the 698 shared banking documents: 60 documents across all the product families.
@@ -223,7 +224,7 @@ async def test_two_connections_migrating_at_once_apply_each_migration_once(datab
     second = await psycopg.AsyncConnection.connect(database_dsn, autocommit=True)
     async with first, second:
         try:
-            applied = await asyncio.gather(apply_migrations(first, schema), apply_migrations(second, schema))
+            applied = await asyncio.gather(apply_migrations(first, schema, MIGRATIONS_DIR), apply_migrations(second, schema, MIGRATIONS_DIR))
             every = sorted(path.stem for path in MIGRATIONS_DIR.glob("*.sql"))
             assert len(every) >= 2
             assert sorted(applied, key=len) == [[], every]
@@ -234,7 +235,7 @@ async def test_two_connections_migrating_at_once_apply_each_migration_once(datab
             )
             indexes = {row[0] for row in await cursor.fetchall()}
             assert {"chunks_embedding_hnsw", "chunks_collection_tsv_gin", "chunks_embedding_key"} <= indexes
-            assert await apply_migrations(first, schema) == []
+            assert await apply_migrations(first, schema, MIGRATIONS_DIR) == []
         finally:
             await first.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 

@@ -17,22 +17,16 @@ from pathlib import Path
 
 import numpy as np
 import psycopg
-from psycopg import sql
 from pgvector.psycopg import register_vector_async
-from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
 
-from services.kit.config import ConfigError
+from services.kit.database import CONNECT_TIMEOUT_S, migrate
 from services.knowledge.chunking import Chunk
 
 log = logging.getLogger("quietline.knowledge.store")
 
 SCHEMA = "knowledge"
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
-# Every knowledge process takes this advisory lock while migrating, so two starting at once
-# apply each migration exactly once.
-MIGRATION_LOCK = "quietline.knowledge.migrations"
-CONNECT_TIMEOUT_S = 10
 # Candidates taken from each of the vector and the full-text ranking before fusion; the HNSW scan
 # offers at least as many (hnsw.ef_search), and iterative scans keep going when a collection
 # filter drops neighbours.
@@ -199,10 +193,6 @@ FROM collections AS c ORDER BY c.name
 """
 
 
-class StoreError(ConfigError):
-    """The knowledge database cannot be used at start; the message names the problem and the fix."""
-
-
 @dataclass(frozen=True)
 class StoredDocument:
     """A document version as written to `document_versions` (and, while current, `documents`)."""
@@ -273,56 +263,6 @@ def chunk_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def describe_dsn(dsn: str) -> str:
-    """The DSN's host, port, database and user, without the password, for error messages."""
-    try:
-        parts = conninfo_to_dict(dsn)
-    except psycopg.ProgrammingError:
-        return "(unparseable DSN)"
-    return " ".join(f"{key}={parts[key]}" for key in ("host", "port", "dbname", "user") if parts.get(key))
-
-
-async def apply_migrations(conn: psycopg.AsyncConnection, schema: str = SCHEMA) -> list[str]:
-    """Apply the migrations in `migrations/` not yet recorded in `<schema>.schema_migrations`.
-
-    Each runs in its own transaction, in file-name order, under an advisory lock, with `schema`
-    first on the search path (the migrations name no schema). `conn` must be in autocommit mode.
-    Returns the versions applied now.
-    """
-    applied_now: list[str] = []
-    name = sql.Identifier(schema)
-    await conn.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", [MIGRATION_LOCK])
-    try:
-        await conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(name))
-        await conn.execute(sql.SQL(
-            "CREATE TABLE IF NOT EXISTS {}.schema_migrations "
-            "(version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
-        ).format(name))
-        cursor = await conn.execute(sql.SQL("SELECT version FROM {}.schema_migrations").format(name))
-        applied = {row[0] for row in await cursor.fetchall()}
-        for path in sorted(MIGRATIONS_DIR.glob("*.sql")):
-            if path.stem in applied:
-                continue
-            try:
-                async with conn.transaction():
-                    await conn.execute(sql.SQL("SET LOCAL search_path TO {}, public").format(name))
-                    await conn.execute(path.read_text())
-                    await conn.execute(
-                        sql.SQL("INSERT INTO {}.schema_migrations (version) VALUES (%s)").format(name), [path.stem]
-                    )
-            except psycopg.Error as err:
-                raise StoreError(
-                    f"knowledge: database migration {path.name} failed ({err}); nothing of it was applied: "
-                    "fix the database (is the pgvector extension installed, and may this user create it?) "
-                    "and start again"
-                ) from None
-            applied_now.append(path.stem)
-            log.info("migration applied", extra={"version": path.stem})
-    finally:
-        await conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", [MIGRATION_LOCK])
-    return applied_now
-
-
 async def _configure_connection(conn: psycopg.AsyncConnection) -> None:
     await conn.execute(f"SET search_path TO {SCHEMA}, public")
     await register_vector_async(conn)
@@ -345,27 +285,9 @@ class KnowledgeStore:
     async def open(cls, dsn: str, max_connections: int = 4) -> KnowledgeStore:
         """Connect, apply pending migrations and open the connection pool.
 
-        Raises StoreError (a ConfigError) when the database cannot be reached or migrated.
+        Raises DatabaseError (a ConfigError) when the database cannot be reached or migrated.
         """
-        if not dsn.strip():
-            raise StoreError(
-                "knowledge: database.dsn is empty: set QUIETLINE_DATABASE__DSN (quietline up does) or "
-                "database.dsn in the config file to a PostgreSQL 16+ with pgvector"
-            )
-        try:
-            async with await psycopg.AsyncConnection.connect(
-                dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S
-            ) as conn:
-                await apply_migrations(conn)
-        except psycopg.OperationalError as err:
-            raise StoreError(
-                f"knowledge: cannot connect to PostgreSQL at {describe_dsn(dsn)} ({str(err).strip()}): "
-                "start the database or correct database.dsn"
-            ) from None
-        except psycopg.ProgrammingError as err:
-            raise StoreError(
-                f"knowledge: database.dsn is not a valid connection string ({str(err).strip()}): correct it"
-            ) from None
+        await migrate(dsn, SCHEMA, MIGRATIONS_DIR)
         pool = AsyncConnectionPool(
             dsn, min_size=1, max_size=max_connections, open=False, timeout=10.0,
             kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S},
