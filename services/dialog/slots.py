@@ -1,0 +1,138 @@
+"""Slot values from what a caller said (a final transcript) or keyed (DTMF), for the dialog's flows.
+
+Callers say numbers as words ("eight oh two one eight"), spell ids in pieces ("W five four four two,
+five two zero") and read e-mail addresses aloud ("john dot smith at example dot com"); the recogniser
+writes some of it as digits and some as words. Each extractor here returns the value in the form the
+back office stores, or None when the utterance does not contain one, never a guess. Number words
+become digits with text2num (`alpha2digit`); the rest is small, explicit rules.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from text_to_num import alpha2digit
+
+# Spoken forms of single digits that text2num leaves alone.
+_SPOKEN_DIGITS = {"oh": "0", "zero": "0", "nought": "0"}
+_DIGIT_RUN = re.compile(r"\d(?:[\s-]*\d)*")
+_EMAIL_WORDS = [
+    (re.compile(r"\s+(?:at)\s+"), "@"),
+    (re.compile(r"\s+(?:dot|period|point)\s+"), "."),
+    (re.compile(r"\s+(?:underscore|under score)\s+"), "_"),
+    (re.compile(r"\s+(?:dash|hyphen|minus)\s+"), "-"),
+]
+_EMAIL = re.compile(r"[a-z0-9][a-z0-9._%+-]*@[a-z0-9-]+(?:\.[a-z0-9-]+)*\.[a-z]{2,}")
+_NAME_INTRO = re.compile(
+    r"\b(?:my name is|my name's|name is|this is|i am|i'm)\s+"
+    r"(?P<name>[a-z][a-z'-]+(?:\s+[a-z][a-z'-]+){1,2})", re.IGNORECASE)
+# Words that end a name ("my name is Olivia Ito and my zip ...").
+_NAME_ENDS = {"and", "my", "from", "here", "at", "dot", "zip", "the", "calling", "speaking", "with", "about"}
+_EMAIL_INTRO_WORDS = {"is", "it's", "its", "email", "e-mail", "address", "mail", "my", "it", "that's", "use", "try"}
+# Words that follow "I am" but are not names ("I am calling about ...").
+_NOT_NAMES = {"calling", "trying", "looking", "not", "a", "the", "here", "just", "ringing", "phoning", "having",
+              "wondering", "sorry", "fine", "good", "well", "going", "interested", "worried", "afraid"}
+
+
+def spoken_digits(text: str) -> str:
+    """`text` with number words as digits ("eight oh two" -> "8 0 2"); other words unchanged."""
+    words = [_SPOKEN_DIGITS.get(word, word) for word in text.lower().split()]
+    expanded: list[str] = []
+    for index, word in enumerate(words):
+        if word == "double" and index + 1 < len(words):
+            continue  # "double five" -> "five five", handled by repeating the next word below
+        if index and words[index - 1] == "double":
+            expanded += [word, word]
+        else:
+            expanded.append(word)
+    return alpha2digit(" ".join(expanded), "en")
+
+
+def digit_runs(text: str) -> list[str]:
+    """Every run of digits in the utterance, with the spaces and dashes between spoken digits removed."""
+    return [re.sub(r"[\s-]", "", run) for run in _DIGIT_RUN.findall(spoken_digits(text))]
+
+
+def extract_zip_code(text: str) -> str | None:
+    """A five-digit US zip code, or None."""
+    candidates = [run for run in digit_runs(text) if len(run) == 5]
+    return candidates[0] if len(candidates) == 1 else None
+
+
+def extract_order_id(text: str, prefix: str = "W") -> str | None:
+    """An order id like "#W5442520" said as "W five four four two five two zero" or "hash W 5442520"."""
+    spoken = spoken_digits(text)
+    match = re.search(rf"(?:^|[\s#]){prefix.lower()}\s*[-\s]?\s*(\d(?:[\s-]*\d){{5,9}})\b", spoken.lower())
+    if not match:
+        return None
+    digits = re.sub(r"[\s-]", "", match.group(1))
+    return f"#{prefix.upper()}{digits}"
+
+
+def extract_email(text: str) -> str | None:
+    """An e-mail address, written or read aloud ("john dot smith at example dot com"), in lower case."""
+    written = _EMAIL.search(text.lower())
+    if written:
+        return written.group(0)
+    spoken = " " + spoken_digits(text).lower().strip().rstrip(".") + " "
+    for pattern, symbol in _EMAIL_WORDS:
+        spoken = pattern.sub(symbol, spoken)
+    if "@" not in spoken:
+        return None
+    local, _, domain = spoken.partition("@")
+    # The address starts after the last word that introduces it ("my email is ...", "it's ...").
+    local_words = local.split()
+    for index in range(len(local_words) - 1, -1, -1):
+        if local_words[index] in _EMAIL_INTRO_WORDS:
+            local_words = local_words[index + 1:]
+            break
+    candidate = "".join(local_words) + "@" + "".join(domain.split()[:1] if " " not in domain.strip() else
+                                                     _domain_words(domain))
+    match = _EMAIL.fullmatch(candidate)
+    return match.group(0) if match else None
+
+
+def _domain_words(domain: str) -> list[str]:
+    """The words of a spoken domain up to its last dotted part ("example.com thanks" -> ["example.com"])."""
+    words = domain.split()
+    kept: list[str] = []
+    for word in words:
+        kept.append(word)
+        if re.search(r"\.[a-z]{2,}$", "".join(kept)):
+            break
+    return kept
+
+
+def extract_person_name(text: str) -> tuple[str, str] | None:
+    """(first name, last name) from "my name is Olivia Ito" / "this is Olivia Ito", or None."""
+    match = _NAME_INTRO.search(text)
+    if not match:
+        return None
+    words = []
+    for word in match.group("name").split():
+        if word.lower() in _NAME_ENDS:
+            break
+        words.append(word)
+    if not words or words[0].lower() in _NOT_NAMES:
+        return None
+    return words[0].capitalize(), words[-1].capitalize() if len(words) > 1 else ""
+
+
+@dataclass(frozen=True)
+class KeyedDigits:
+    """What a caller keyed on the phone's keypad: the digits, and whether it ended with # (done)."""
+
+    digits: str
+    complete: bool
+
+
+def parse_dtmf(keys: str) -> KeyedDigits:
+    """DTMF keys as sent by the gateway ("1234#"); raises ValueError naming a key that is not one."""
+    bad = sorted({key for key in keys if key not in "0123456789*#ABCD"})
+    if bad:
+        raise ValueError(f"DTMF keys {''.join(bad)!r} are not keypad keys (0-9, *, #, A-D): send the keys as pressed")
+    complete = keys.endswith("#")
+    # "*" clears what was keyed before it (the usual keypad convention for "start again").
+    digits = keys.rstrip("#").rsplit("*", 1)[-1]
+    return KeyedDigits("".join(key for key in digits if key.isdigit()), complete)
