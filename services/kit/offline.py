@@ -15,6 +15,8 @@ OFFLINE_ENVIRONMENT = {
     "VLLM_NO_USAGE_STATS": "1",
     "VLLM_DO_NOT_TRACK": "1",
     "TOKENIZERS_PARALLELISM": "false",
+    # tldextract (used by Presidio) fetches the public suffix list unless given no URLs: use its bundled copy.
+    "TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS": "",
 }
 
 
