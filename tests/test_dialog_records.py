@@ -374,7 +374,8 @@ def write_config(path: Path, dsn: str, state_dir: Path) -> Path:
 
 
 def verify_command(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "services.dialog.records", "verify", *args], check=False,
+    # The operator's command, `quietline audit verify`, which runs services.dialog.records' verify.
+    return subprocess.run([sys.executable, "-m", "services.appliance.cli", "audit", "verify", *args], check=False,
                           cwd=REPO_ROOT,
                           env={**os.environ, **OFFLINE_ENVIRONMENT}, capture_output=True, text=True, timeout=120)
 

@@ -306,6 +306,16 @@ def command_kb_stats(args) -> int:
     return 0
 
 
+def command_audit_verify(args) -> int:
+    """Recompute the dialog's hash-chained audit; print the verdict as JSON (exit 1 when broken)."""
+    from services.dialog.records import main as records_main
+
+    argv = ["verify", "--schema", args.schema]
+    argv += ["--config", args.config] if args.config else []
+    argv += ["--dsn", args.dsn] if args.dsn else []
+    return records_main(argv)
+
+
 def _quiet_pipecat_logs() -> None:
     from loguru import logger
 
@@ -372,6 +382,12 @@ def build_parser() -> argparse.ArgumentParser:
     stats = with_config(kb_sub.add_parser("stats", help="documents, chunks and versions per collection"))
     stats.add_argument("--json", action="store_true")
     stats.set_defaults(handler=command_kb_stats)
+    audit = sub.add_parser("audit", help="the dialog's append-only, hash-chained audit")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    verify = with_config(audit_sub.add_parser("verify", help="check every audit row's hash and link"))
+    verify.add_argument("--dsn", help="PostgreSQL connection string (default: the appliance's database)")
+    verify.add_argument("--schema", default="dialog", help="schema holding the audit table (default dialog)")
+    verify.set_defaults(handler=command_audit_verify)
     return parser
 
 
