@@ -47,7 +47,8 @@ class Embedder:
         resolved = await asyncio.to_thread(resolve_model, model_name, state_dir)
         return await asyncio.to_thread(cls, resolved.path)
 
-    def _encode(self, texts: list[str]) -> np.ndarray:
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """Unit-length float32 vectors of `texts`, computed in the calling thread (blocking callers)."""
         vectors = self.model.encode(
             texts, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True,
             show_progress_bar=False,
@@ -57,7 +58,7 @@ class Embedder:
     async def embed_query(self, text: str) -> np.ndarray:
         """One query's vector."""
         loop = asyncio.get_running_loop()
-        vectors = await loop.run_in_executor(self._executor, self._encode, [text])
+        vectors = await loop.run_in_executor(self._executor, self.encode, [text])
         return vectors[0]
 
     async def embed_passages(self, texts: list[str]) -> np.ndarray:
@@ -66,7 +67,7 @@ class Embedder:
             return np.zeros((0, EMBEDDING_DIMENSIONS), dtype=np.float32)
         loop = asyncio.get_running_loop()
         async with self._bulk:
-            return await loop.run_in_executor(self._executor, self._encode, texts)
+            return await loop.run_in_executor(self._executor, self.encode, texts)
 
     def close(self) -> None:
         """Stop the worker threads."""
