@@ -34,6 +34,7 @@ def test_zip_codes(utterance: str, zip_code: str | None) -> None:
     ("it's w 544-2520", "#W5442520"),
     ("my order from last week", None),
     ("W five four", None),  # too short for an order id
+    ("the W five four four two five two zero one", "#W5442520"),  # "the ... one": the id has 7 digits
 ])
 def test_order_ids(utterance: str, order_id: str | None) -> None:
     assert extract_order_id(utterance) == order_id

@@ -60,14 +60,20 @@ def extract_zip_code(text: str) -> str | None:
     return candidates[0] if len(candidates) == 1 else None
 
 
-def extract_order_id(text: str, prefix: str = "W") -> str | None:
-    """An order id like "#W5442520" said as "W five four four two five two zero" or "hash W 5442520"."""
+def extract_order_id(text: str, prefix: str = "W", digits: int = 7) -> str | None:
+    """An order id like "#W5442520" said as "W five four four two five two zero" or "hash W 5442520".
+
+    Order ids have a fixed number of `digits`; a longer run keeps its first `digits` ("the W 5442520
+    one": the caller's "one" is not part of the id), a shorter one is no id.
+    """
     spoken = spoken_digits(text)
-    match = re.search(rf"(?:^|[\s#]){prefix.lower()}\s*[-\s]?\s*(\d(?:[\s-]*\d){{5,9}})\b", spoken.lower())
+    match = re.search(rf"(?:^|[\s#]){prefix.lower()}\s*[-\s]?\s*(\d(?:[\s-]*\d)*)", spoken.lower())
     if not match:
         return None
-    digits = re.sub(r"[\s-]", "", match.group(1))
-    return f"#{prefix.upper()}{digits}"
+    number = re.sub(r"[\s-]", "", match.group(1))
+    if len(number) < digits:
+        return None
+    return f"#{prefix.upper()}{number[:digits]}"
 
 
 def extract_email(text: str) -> str | None:
