@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -49,6 +50,13 @@ ROUTE_SCHEMA = {
 }
 # Kept as names tests already use; the port plan lives with the supervisor.
 make_test_config = config_with_ports
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on right now (for a service of a test's own, or a closed port)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

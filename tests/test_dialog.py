@@ -6,15 +6,15 @@ extractive selection) are tested on handwritten passages.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
-import socket
 import time
 
 import grpc
 import httpx
 import pytest
 import yaml
-from conftest import REPO_ROOT, start_service, write_config
+from conftest import REPO_ROOT, free_port, start_service, write_config
 
 from quietline.v1 import common_pb2, dialog_pb2, dialog_pb2_grpc, knowledge_pb2
 from services.dialog.answering import (
@@ -28,12 +28,6 @@ from services.kit.channels import open_channel
 
 SAMPLE_KB = REPO_ROOT / "services" / "knowledge" / "sample_kb"
 LOST_CARD_QUESTION = "I lost my debit card, what should I do?"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +62,8 @@ def llm_server(dialog_config):
 
 
 @pytest.fixture(scope="module")
-def dialog_service(dialog_config, knowledge_service, llm_server):
-    service = start_service("dialog", dialog_config)
+def dialog_service(dialog_config, knowledge_service, llm_server, database_dsn):
+    service = start_service("dialog", dialog_config, extra_env={"QUIETLINE_DATABASE__DSN": database_dsn})
     yield service
     assert service.stop() == 0, service.log()
 
@@ -82,14 +76,15 @@ async def dialog(dialog_service):
 
 
 @pytest.fixture(scope="module")
-def dialog_without_knowledge(dialog_config, state_dir):
+def dialog_without_knowledge(dialog_config, state_dir, database_dsn):
     """A second dialog whose knowledge endpoint is a port nothing listens on."""
     config = yaml.safe_load(dialog_config.read_text())
     config["knowledge"] = {"endpoint": {"port": free_port(), "metrics_port": free_port()}}
     config["dialog"] = {"endpoint": {"port": free_port(), "metrics_port": free_port()}}
     folder = state_dir / "dialog-no-knowledge"
     folder.mkdir(exist_ok=True)
-    service = start_service("dialog", write_config(folder / "services.yaml", config))
+    service = start_service("dialog", write_config(folder / "services.yaml", config),
+                            extra_env={"QUIETLINE_DATABASE__DSN": database_dsn})
     yield service
     assert service.stop() == 0, service.log()
 
@@ -126,7 +121,9 @@ async def test_lost_card_question_gets_a_cited_answer(dialog, dialog_service):
     assert_well_formed(events)
     route = events[0].route
     assert route.route in ("llm", "faq"), route
-    says = [event.say for event in events if event.WhichOneof("event") == "say"]
+    # The call's first turn starts with the disclosure (a cached prompt), then the answer.
+    disclosure, *says = [event.say for event in events if event.WhichOneof("event") == "say"]
+    assert disclosure.cached_prompt and "automated assistant" in disclosure.text
     assert says and all(say.text.strip() for say in says), events
     assert any("card" in citation.title.lower() for say in says for citation in say.citations), says
     if route.route == "faq":
@@ -150,14 +147,23 @@ async def test_empty_transcript_asks_the_caller_to_repeat(dialog):
     assert events[-1].say.cached_prompt
 
 
-async def test_question_outside_the_knowledge_base_is_handed_to_a_colleague(dialog):
-    events = await turn(dialog, turn_request("Who won the football yesterday?", "test-unknown"))
+async def test_question_outside_the_knowledge_base_is_clarified_then_handed_to_a_colleague(dialog):
+    for number in (1, 2):
+        events = await turn(dialog, turn_request("Who won the football yesterday?", "test-unknown", number))
+        assert_well_formed(events)
+        assert events[0].route.route == "clarify", events[0]
+        assert "What would you like to do?" in events[-1].say.text
+        assert not any(event.WhichOneof("event") == "action" for event in events)
+    events = await turn(dialog, turn_request("Who won the football yesterday?", "test-unknown", 3))
 
     assert_well_formed(events)
-    assert events[0].route.route == "fallback", events[0]
-    assert "do not have that information" in events[1].say.text
-    assert events[-1].action.kind == dialog_pb2.Action.KIND_TRANSFER
-    assert "football" in events[-1].action.briefing
+    assert (events[0].route.route, events[0].route.reason) == ("human", "repeated no-match"), events[0]
+    action = events[-1].action
+    assert action.kind == dialog_pb2.Action.KIND_TRANSFER
+    briefing = json.loads(action.briefing)
+    assert briefing["reason"] == "repeated no-match" and briefing["call_id"] == "test-unknown"
+    assert "football" in briefing["caller_said_last"] and briefing["verified_customer"] is None
+    assert briefing["routes_tried"] == ["clarify", "clarify"]  # what was tried before handing over
 
 
 async def test_short_deadline_never_hangs(dialog):
@@ -216,10 +222,12 @@ async def test_knowledge_down_ends_with_apology_and_transfer(dialog_without_know
     assert_well_formed(events)
     assert events[0].route.route == "fallback"
     assert "knowledge" in events[0].route.reason and "UNAVAILABLE" in events[0].route.reason, events[0]
-    assert events[1].say.text.startswith("Sorry") and "colleague" in events[1].say.text
+    apology = [event.say.text for event in events if event.WhichOneof("event") == "say"][1]  # after the disclosure
+    assert apology.startswith("Sorry") and "colleague" in apology
     action = events[-1].action
     assert action.kind == dialog_pb2.Action.KIND_TRANSFER and action.target
-    assert "lost my debit card" in action.briefing and "test-no-kb" in action.briefing
+    briefing = json.loads(action.briefing)
+    assert "lost my debit card" in briefing["caller_said_last"] and briefing["call_id"] == "test-no-kb"
     assert dialog_without_knowledge.process.poll() is None
 
 

@@ -51,6 +51,8 @@ def redactor() -> Redactor:
     ("Yes, my name is Aune, and my husband is Mr. Okonkwo-Brandt.", "Okonkwo-Brandt", "<PERSON>"),
     ("You can reach me on 415-555-0132 after five.", "415-555-0132", "<PHONE_NUMBER>"),
     ("My email is maria.lopez@example.com.", "maria.lopez@example.com", "<EMAIL_ADDRESS>"),
+    # Read aloud, as a phone transcript has it.
+    ("sure, it's maria dot lopez seven two at example dot com", "lopez", "<EMAIL_ADDRESS>"),
     ("The card is 4111 1111 1111 1111, expiry next year.", "4111 1111 1111 1111", "<CREDIT_CARD>"),
     ("Please send it to GB82WEST12345698765432 today.", "GB82WEST12345698765432", "<IBAN_CODE>"),
     ("My social is 536-22-8190.", "536-22-8190", "<US_SSN>"),
@@ -146,10 +148,14 @@ class NetworkGuard:
 
 def test_redactor_is_built_and_used_without_the_network(monkeypatch):
     guard = NetworkGuard(monkeypatch)
-    # The guard is real: tldextract's default extractor, with no cache, goes for the suffix list online.
-    tldextract.TLDExtract(cache_dir=None)("someone@example.co.uk")
+    # The guard is real: tldextract given its public suffix list URLs, with no cache, goes online.
+    tldextract.TLDExtract(cache_dir=None, suffix_list_urls=tldextract.tldextract.PUBLIC_SUFFIX_LIST_URLS)(
+        "someone@example.co.uk")
     assert guard.attempts, "the network guard did not see tldextract's download attempt"
     guard.attempts.clear()
+    # The offline switches (TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS empty) keep any default extractor local.
+    tldextract.TLDExtract(cache_dir=None)("someone@example.co.uk")
+    assert guard.attempts == []
 
     offline = Redactor()  # a fresh one: loads the spaCy pipeline and builds every recognizer
     redacted = offline.redact(f"This is {CALLER_NAME}, mail {CALLER_EMAIL} or call {CALLER_PHONE}.")

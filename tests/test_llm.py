@@ -11,7 +11,6 @@ import contextlib
 import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ import httpx
 import pytest
 import yaml
 
-from conftest import LLM_QUESTION, REPO_ROOT, ROUTE_SCHEMA, ServiceProcess, start_service
+from conftest import LLM_QUESTION, REPO_ROOT, ROUTE_SCHEMA, ServiceProcess, free_port, start_service
 from services.kit.config import ConfigError, load_settings
 from services.kit.offline import OFFLINE_ENVIRONMENT
 from services.llm.client import LlmClient, LlmFailure, merge_system_messages
@@ -58,12 +57,6 @@ async def llm_client(llm_server):
     await client.aclose()
 
 
-def _closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 # -- the launcher ---------------------------------------------------------------------------------
 
 def test_launcher_execs_the_server_itself_serving_the_configured_name(llm_server: ServiceProcess) -> None:
@@ -91,7 +84,7 @@ def test_llama_cpp_profile_names_the_chat_format_and_keeps_requests_queued(tmp_p
 
 def test_non_loopback_host_is_refused_before_anything_starts(tmp_path: Path) -> None:
     config = tmp_path / "open.yaml"
-    config.write_text(yaml.safe_dump({"state_dir": str(tmp_path), "llm": {"host": "0.0.0.0", "port": _closed_port()}}))
+    config.write_text(yaml.safe_dump({"state_dir": str(tmp_path), "llm": {"host": "0.0.0.0", "port": free_port()}}))
     with pytest.raises(ConfigError, match="not loopback"):
         server_command(load_settings(config), tmp_path)
     process = _launcher(config)
@@ -103,7 +96,7 @@ def test_non_loopback_host_is_refused_before_anything_starts(tmp_path: Path) -> 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
 def test_gpu_profile_without_vllm_installed_says_so(tmp_path: Path) -> None:
     config = tmp_path / "gpu.yaml"
-    config.write_text(yaml.safe_dump({"state_dir": str(tmp_path), "llm": {"port": _closed_port()}}))
+    config.write_text(yaml.safe_dump({"state_dir": str(tmp_path), "llm": {"port": free_port()}}))
     process = _launcher(config, "--profile", "gpu", env={"QUIETLINE_MODELS_DIR": str(tmp_path)})
     output = process.communicate(timeout=60)[0].decode()
     assert process.returncode == 2
@@ -153,7 +146,7 @@ async def test_short_deadline_raises_timeout_promptly(llm_client: LlmClient) -> 
 
 async def test_closed_port_is_unavailable_quickly() -> None:
     started = time.perf_counter()
-    async with LlmClient(f"http://127.0.0.1:{_closed_port()}/v1", "gemma3-270m-q4km") as client:
+    async with LlmClient(f"http://127.0.0.1:{free_port()}/v1", "gemma3-270m-q4km") as client:
         with pytest.raises(LlmFailure) as failure:
             await client.complete_chat(QUESTION, max_tokens=4, temperature=0.0, deadline_s=ANSWER_DEADLINE_S)
     assert failure.value.kind == "unavailable"
@@ -251,7 +244,7 @@ async def test_structured_output_cut_off_is_invalid_output(llm_client: LlmClient
 
 
 async def test_a_bad_schema_is_refused_before_any_request() -> None:
-    async with LlmClient(f"http://127.0.0.1:{_closed_port()}/v1", "gemma3-270m-q4km") as client:
+    async with LlmClient(f"http://127.0.0.1:{free_port()}/v1", "gemma3-270m-q4km") as client:
         with pytest.raises(Exception, match="is not valid under any of the given schemas|is not of type"):
             await client.complete_json(QUESTION, {"type": "objekt"}, max_tokens=4, deadline_s=1.0)
 

@@ -302,11 +302,11 @@ def build_prompt(question: str, passages: Sequence[knowledge_pb2.Passage], passa
     return assemble_messages(ANSWER_PREFIX, question, blocks)
 
 
-def _route(route: str, reason: str) -> dialog_pb2.TurnEvent:
+def route_event(route: str, reason: str) -> dialog_pb2.TurnEvent:
     return dialog_pb2.TurnEvent(route=dialog_pb2.RouteDecision(route=route, reason=reason))
 
 
-def _say(text: str, citations: Iterable[common_pb2.Citation] = (), *, cached: bool = False,
+def say_event(text: str, citations: Iterable[common_pb2.Citation] = (), *, cached: bool = False,
          end_of_turn: bool = False) -> dialog_pb2.TurnEvent:
     return dialog_pb2.TurnEvent(
         say=dialog_pb2.Say(text=text, citations=list(citations), cached_prompt=cached), end_of_turn=end_of_turn
@@ -370,13 +370,10 @@ class TurnAnswerer:
                     record.sentences += 1
                     if record.first_say_s is None:
                         record.first_say_s = clock.elapsed()
-                        STAGE_LATENCY.labels("dialog", "first_say").observe(record.first_say_s)
                 yield event
             completed = True
         finally:
             turn_s = clock.elapsed()
-            if completed:
-                STAGE_LATENCY.labels("dialog", "turn").observe(turn_s)
             log.info(
                 "turn" if completed else "turn stopped",
                 extra={
@@ -393,8 +390,8 @@ class TurnAnswerer:
         dialog = self.settings.dialog
         if not question:
             record.route, record.reason = "control", "no speech"
-            yield _route(record.route, record.reason)
-            yield _say(NO_SPEECH_PROMPT, cached=True, end_of_turn=True)
+            yield route_event(record.route, record.reason)
+            yield say_event(NO_SPEECH_PROMPT, cached=True, end_of_turn=True)
             return
 
         started = time.perf_counter()
@@ -431,11 +428,11 @@ class TurnAnswerer:
                         break
                     if spoken == 0:
                         record.route, record.reason = "llm", "grounded answer"
-                        yield _route(record.route, record.reason)
+                        yield route_event(record.route, record.reason)
                     spoken += 1
                     final = is_last or spoken >= dialog.max_answer_sentences
                     citations = [citation_for(passages[i]) for i in verdict.passage_indexes]
-                    yield _say(clean_generated(sentence), citations, end_of_turn=final)
+                    yield say_event(clean_generated(sentence), citations, end_of_turn=final)
                     if final:
                         return
             except LlmFailure as err:
@@ -454,10 +451,10 @@ class TurnAnswerer:
                 return
 
         record.route, record.reason = "faq", reason
-        yield _route(record.route, record.reason)
+        yield route_event(record.route, record.reason)
         citation = citation_for(extract.passage)
         for index, sentence in enumerate(extract.sentences):
-            yield _say(sentence, [citation], end_of_turn=index == len(extract.sentences) - 1)
+            yield say_event(sentence, [citation], end_of_turn=index == len(extract.sentences) - 1)
 
     async def _search(self, request: dialog_pb2.TurnRequest, question: str, clock: _TurnClock
                       ) -> tuple[list[knowledge_pb2.Passage], str]:
@@ -521,8 +518,8 @@ class TurnAnswerer:
             kind=dialog_pb2.Action.KIND_TRANSFER, target=self.settings.dialog.transfer_target, briefing=briefing
         )
         return [
-            _route("fallback", why),
-            _say(apology, cached=True),
+            route_event("fallback", why),
+            say_event(apology, cached=True),
             dialog_pb2.TurnEvent(action=action, end_of_turn=True),
         ]
 

@@ -233,6 +233,22 @@ def person_cue_recognizer() -> PatternRecognizer:
                              name="PersonCueRecognizer")
 
 
+# An e-mail address read aloud, as a phone transcript writes it: "noah dot brown 7922 at example dot com".
+_SPOKEN_DIGIT = r"(?:\d+|zero|oh|one|two|three|four|five|six|seven|eight|nine)"
+_SPOKEN_PART = rf"[\w-]+(?:\s+(?:dot|underscore|dash|hyphen)\s+[\w-]+|\s+{_SPOKEN_DIGIT})*"
+_TOP_LEVEL = r"(?:com|org|net|edu|gov|mil|info|biz|io|co|uk|us|ca|de|fr|es|it|nl|eu|au|ie|ch|at|be)"
+SPOKEN_EMAIL_PATTERNS = [
+    Pattern("spoken e-mail address",
+            rf"\b{_SPOKEN_PART}\s+at\s+[\w-]+(?:\s+dot\s+[\w-]+)*\s+dot\s+{_TOP_LEVEL}\b", 0.6),
+]
+
+
+def spoken_email_recognizer() -> PatternRecognizer:
+    """E-mail addresses read aloud ("john dot smith at example dot com"), as callers give them."""
+    return PatternRecognizer(supported_entity="EMAIL_ADDRESS", patterns=SPOKEN_EMAIL_PATTERNS,
+                             supported_language=LANGUAGE, name="SpokenEmailRecognizer")
+
+
 def street_address_recognizer() -> PatternRecognizer:
     """A pattern recognizer for written street addresses (Presidio has none)."""
     return PatternRecognizer(
@@ -282,6 +298,7 @@ class Redactor:
             OfflineEmailRecognizer(), PhoneRecognizer(), CreditCardRecognizer(), IbanRecognizer(),
             UsSsnRecognizer(), IpRecognizer(), DateRecognizer(),
             digit_sequence_recognizer(), street_address_recognizer(), person_cue_recognizer(),
+            spoken_email_recognizer(),
         ):
             registry.add_recognizer(recognizer)
         self._analyzer = AnalyzerEngine(registry=registry, nlp_engine=nlp_engine, supported_languages=[LANGUAGE])

@@ -1,6 +1,6 @@
 """The grpc.aio Dialog servicer: validates a TurnRequest and streams the turn's events.
 
-The turn logic lives in `answering.TurnAnswerer`; this layer maps the RPC's deadline to the turn's
+The turn logic lives in `router.TurnRouter`; this layer maps the RPC's deadline to the turn's
 budget, stops the turn when the RPC is cancelled, and turns bad input into clear statuses.
 """
 
@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from quietline.v1 import dialog_pb2, dialog_pb2_grpc
-from services.dialog.answering import TurnAnswerer
+from services.dialog.router import TurnRouter
 from services.kit.metrics import ERRORS
 
 log = logging.getLogger("quietline.dialog")
@@ -22,10 +22,10 @@ MAX_TRANSCRIPT_CHARS = 2000
 
 
 class DialogServicer(dialog_pb2_grpc.DialogServicer):
-    """Serves `quietline.v1.Dialog/Turn` with a TurnAnswerer."""
+    """Serves `quietline.v1.Dialog/Turn` with a TurnRouter."""
 
-    def __init__(self, answerer: TurnAnswerer) -> None:
-        self.answerer = answerer
+    def __init__(self, router: TurnRouter) -> None:
+        self.router = router
 
     async def Turn(self, request: dialog_pb2.TurnRequest, context: grpc.aio.ServicerContext
                    ) -> AsyncIterator[dialog_pb2.TurnEvent]:
@@ -44,7 +44,7 @@ class DialogServicer(dialog_pb2_grpc.DialogServicer):
             )
         # None when the client set no deadline.
         budget_s = context.time_remaining()
-        events = self.answerer.answer(request, budget_s)
+        events = self.router.turn(request, budget_s)
         try:
             async for event in events:
                 yield event

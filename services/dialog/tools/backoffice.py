@@ -423,6 +423,19 @@ async def load_retail(dsn: str, folder: Path | str) -> dict[str, int]:
     return await load_retail_export(dsn, read_retail_export(folder), str(folder))
 
 
+async def load_demo_if_empty(dsn: str) -> bool:
+    """Load the project's demo shop when no retail export was ever loaded; True when it was loaded now."""
+    from services.dialog.tools.demo_backoffice import demo_export
+
+    await migrate(dsn, SCHEMA, MIGRATIONS_DIR)
+    async with await _connect(dsn) as conn:
+        loaded = await (await conn.execute("SELECT 1 FROM backoffice.retail_export")).fetchone()
+    if loaded:
+        return False
+    await load_retail_export(dsn, demo_export(), "demo")
+    return True
+
+
 async def reset(dsn: str) -> str | None:
     """Put the back office back to the export last loaded, undoing every tool's changes.
 
