@@ -20,7 +20,7 @@ VLLM_STAMP := $(VLLM_VENV)/.installed
 export QUIETLINE_MODELS_DIR ?= $(CURDIR)/.state/models
 
 .PHONY: setup run test proto bench-call bench-asr bench-knowledge bench-tts bench-llm down status \
-        vllm-setup llm-convert test-vllm
+        vllm-setup llm-convert test-vllm bench-dialog
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v cmake >/dev/null && command -v g++ >/dev/null || \
@@ -81,6 +81,12 @@ bench-knowledge: setup
 
 bench-tts: setup
 	$(PY) benchmarks/tts/bench_tts.py --out benchmarks/results/tts.json
+
+# Intents (BANKING77, CLINC150), redaction (PII set), then retail tasks as text calls against the stack.
+bench-dialog: setup
+	$(PY) benchmarks/dialog/bench_intents.py --out benchmarks/results/dialog_intents.json
+	$(PY) benchmarks/dialog/redaction_eval.py --out benchmarks/results/dialog_redaction.json
+	$(PY) benchmarks/dialog/bench_dialog.py --out benchmarks/results/dialog.json
 
 bench-llm: llm-convert
 	$(PY) benchmarks/llm/bench_llm.py --out benchmarks/results/llm.json

@@ -1,4 +1,4 @@
-"""The scripted tau-bench retail caller (benchmarks/dialog/caller_simulator.py), over all 520 tasks.
+"""The scripted tau-bench retail caller (services/dialog/caller_simulator.py), over all 520 tasks.
 
 No services: the caller is pure text. The gold actions are read here only to measure the parser and to
 drive a stand-in bot; the simulator itself never sees them (it gets the instruction string only).
@@ -12,20 +12,16 @@ Measured on tasks_dev.json + tasks_train.json (520 instructions):
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
 
+from services.dialog import caller_simulator as sim
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RETAIL = REPO_ROOT.parent / "shared" / "data" / "retail"
-_spec = importlib.util.spec_from_file_location("caller_simulator", REPO_ROOT / "benchmarks" / "dialog" / "caller_simulator.py")
-sim = importlib.util.module_from_spec(_spec)
-sys.modules["caller_simulator"] = sim  # dataclasses look their module up by name
-_spec.loader.exec_module(sim)
 
 GOLD_KIND = {"cancel_pending_order": "cancel", "return_delivered_order_items": "return",
              "exchange_delivered_order_items": "exchange", "modify_pending_order_items": "modify_items",

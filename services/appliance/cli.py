@@ -306,6 +306,45 @@ def command_kb_stats(args) -> int:
     return 0
 
 
+def command_eval_retail(args) -> int:
+    """Play tau-bench retail tasks as text calls against the running dialog; print the summary and rows."""
+    from services.appliance.supervisor import EmbeddedDatabase
+    from services.dialog.evaluation import evaluate_retail, load_retail_tasks
+    from services.dialog.tools.backoffice import load_retail
+
+    settings = _settings(args)
+    try:
+        tasks = load_retail_tasks(args.tasks)
+    except ValueError as err:
+        raise CliError(str(err), EXIT_BAD_INPUT) from None
+    tasks = tasks[: args.limit] if args.limit else tasks
+    _require_services(settings, ("dialog",))
+    dsn = settings.database.dsn or EmbeddedDatabase(Path(settings.state_dir).expanduser()).dsn_if_running()
+    if not dsn:
+        raise CliError("no database: database.dsn is empty and the embedded PostgreSQL is not running; start the "
+                       "appliance (quietline up)", EXIT_UNAVAILABLE)
+    export = Path(args.backoffice) if args.backoffice else Path(args.tasks).resolve().parent / "data"
+    if not (export / "users.json").is_file():
+        raise CliError(f"no retail back-office export at {export} (users.json, orders.json, products.json): pass "
+                       "--backoffice FOLDER", EXIT_BAD_INPUT)
+    asyncio.run(load_retail(dsn, export))
+
+    def progress(row: dict) -> None:
+        if not args.json:
+            mark = "ok  " if row["success"] else "FAIL"
+            print(f"{mark} task {row['task']:>3}: {row['turns']:>2} turns, {row['ended']}, "
+                  f"tools {row['dialog_tool_calls']} (gold {row['gold_actions']})", flush=True)
+
+    report = asyncio.run(evaluate_retail(tasks, settings.dialog.endpoint.target, dsn, progress))
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(json.dumps(report["summary"], indent=2))
+    print("(the back office now holds the evaluation export; `python -m services.dialog.tools.backoffice "
+          "load-demo` puts the demo shop back)", file=sys.stderr)
+    return 0
+
+
 def command_audit_verify(args) -> int:
     """Recompute the dialog's hash-chained audit; print the verdict as JSON (exit 1 when broken)."""
     from services.dialog.records import main as records_main
@@ -382,6 +421,14 @@ def build_parser() -> argparse.ArgumentParser:
     stats = with_config(kb_sub.add_parser("stats", help="documents, chunks and versions per collection"))
     stats.add_argument("--json", action="store_true")
     stats.set_defaults(handler=command_kb_stats)
+    evaluation = sub.add_parser("eval", help="play benchmark tasks as text calls against the running dialog")
+    eval_sub = evaluation.add_subparsers(dest="eval_command", required=True)
+    retail = with_config(eval_sub.add_parser("retail", help="tau-bench retail tasks (instruction + gold actions)"))
+    retail.add_argument("tasks", help="task file, e.g. ../shared/data/retail/tasks_dev.json")
+    retail.add_argument("--backoffice", help="the retail export to load first (default: the task file's data/ folder)")
+    retail.add_argument("--limit", type=int, help="only the first N tasks")
+    retail.add_argument("--json", action="store_true", help="print the summary and one row per task as JSON")
+    retail.set_defaults(handler=command_eval_retail)
     audit = sub.add_parser("audit", help="the dialog's append-only, hash-chained audit")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
     verify = with_config(audit_sub.add_parser("verify", help="check every audit row's hash and link"))

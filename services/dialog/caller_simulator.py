@@ -1,4 +1,5 @@
-"""Scripted phone caller for text evaluations of the dialog router on tau-bench retail tasks.
+"""Scripted phone caller for text evaluations of the dialog router on tau-bench retail tasks
+(`quietline eval retail`, services/dialog/evaluation.py).
 
 A task's `instruction` says, in the second person, what the customer knows and wants ("Your name is
 Olivia Ito and your zip code is 80218. ... Cancel order #W7602708 because no longer needed.").
