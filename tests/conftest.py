@@ -67,6 +67,27 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
+def retail(shared_data: Path) -> dict:
+    """The tau-bench retail export in ../shared/data: its folder, users and orders."""
+    folder = shared_data / "retail" / "data"
+    return {"folder": folder, "users": json.loads((folder / "users.json").read_text()),
+            "orders": json.loads((folder / "orders.json").read_text())}
+
+
+@pytest.fixture(scope="session")
+def customer(retail: dict) -> dict:
+    """The first customer with both a pending and a delivered order (read from the export, not hard-coded)."""
+    for user_id, user in retail["users"].items():
+        statuses = {order_id: retail["orders"][order_id]["status"] for order_id in user["orders"]}
+        if "pending" in statuses.values() and "delivered" in statuses.values():
+            pending = next(order for order, status in statuses.items() if status == "pending")
+            delivered = next(order for order, status in statuses.items() if status == "delivered")
+            return {"id": user_id, "email": user["email"], "name": user["name"], "zip": user["address"]["zip"],
+                    "pending": pending, "delivered": delivered}
+    raise AssertionError("the retail export has no customer with a pending and a delivered order")
+
+
+@pytest.fixture(scope="session")
 def references(shared_data) -> dict[str, str]:
     """Reference text of every clip in ../shared/data/speech, by file name."""
     manifest = [json.loads(line) for line in (shared_data / "speech" / "manifest.jsonl").read_text().splitlines()]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
 import pytest
 
@@ -12,26 +10,6 @@ from services.dialog.intents import match_control
 from services.dialog.tools.adapter import VerificationLevel, VerifiedSession
 from services.dialog.tools.backoffice import BackofficeStore, load_retail, state_fingerprint
 from services.dialog.tools.retail import retail_registry
-
-
-@pytest.fixture(scope="module")
-def retail(shared_data: Path) -> dict:
-    folder = shared_data / "retail" / "data"
-    return {"folder": folder, "users": json.loads((folder / "users.json").read_text()),
-            "orders": json.loads((folder / "orders.json").read_text())}
-
-
-@pytest.fixture(scope="module")
-def customer(retail: dict) -> dict:
-    """The first customer with both a pending and a delivered order (read from the export, not hard-coded)."""
-    for user_id, user in retail["users"].items():
-        statuses = {order_id: retail["orders"][order_id]["status"] for order_id in user["orders"]}
-        if "pending" in statuses.values() and "delivered" in statuses.values():
-            pending = next(order for order, status in statuses.items() if status == "pending")
-            delivered = next(order for order, status in statuses.items() if status == "delivered")
-            return {"id": user_id, "email": user["email"], "name": user["name"], "zip": user["address"]["zip"],
-                    "pending": pending, "delivered": delivered}
-    raise AssertionError("the retail export has no customer with a pending and a delivered order")
 
 
 @pytest.fixture(scope="module")

@@ -25,24 +25,6 @@ from services.kit.offline import OFFLINE_ENVIRONMENT
 
 
 @pytest.fixture(scope="module")
-def retail(shared_data: Path) -> dict:
-    folder = shared_data / "retail" / "data"
-    return {"folder": folder, "users": json.loads((folder / "users.json").read_text()),
-            "orders": json.loads((folder / "orders.json").read_text())}
-
-
-@pytest.fixture(scope="module")
-def customer(retail: dict) -> dict:
-    """A customer with a pending order (read from the export, not hard-coded)."""
-    for user_id, user in retail["users"].items():
-        pending = [order for order in user["orders"] if retail["orders"][order]["status"] == "pending"]
-        if pending:
-            return {"id": user_id, "email": user["email"], "name": user["name"], "zip": user["address"]["zip"],
-                    "pending": pending[0]}
-    raise AssertionError("no customer with a pending order in the retail export")
-
-
-@pytest.fixture(scope="module")
 async def back_office(database_dsn: str, retail: dict):
     await load_retail(database_dsn, retail["folder"])
     store = await BackofficeStore.open(database_dsn)

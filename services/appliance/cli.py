@@ -308,7 +308,7 @@ def command_kb_stats(args) -> int:
 
 def command_eval_retail(args) -> int:
     """Play tau-bench retail tasks as text calls against the running dialog; print the summary and rows."""
-    from services.appliance.supervisor import EmbeddedDatabase
+    from services.appliance.supervisor import appliance_dsn
     from services.dialog.evaluation import evaluate_retail, load_retail_tasks
     from services.dialog.tools.backoffice import load_retail
 
@@ -319,10 +319,10 @@ def command_eval_retail(args) -> int:
         raise CliError(str(err), EXIT_BAD_INPUT) from None
     tasks = tasks[: args.limit] if args.limit else tasks
     _require_services(settings, ("dialog",))
-    dsn = settings.database.dsn or EmbeddedDatabase(Path(settings.state_dir).expanduser()).dsn_if_running()
-    if not dsn:
-        raise CliError("no database: database.dsn is empty and the embedded PostgreSQL is not running; start the "
-                       "appliance (quietline up)", EXIT_UNAVAILABLE)
+    try:
+        dsn = appliance_dsn(settings, purpose="evaluate against")
+    except ConfigError as err:
+        raise CliError(str(err), EXIT_UNAVAILABLE) from None
     export = Path(args.backoffice) if args.backoffice else Path(args.tasks).resolve().parent / "data"
     if not (export / "users.json").is_file():
         raise CliError(f"no retail back-office export at {export} (users.json, orders.json, products.json): pass "

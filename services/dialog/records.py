@@ -374,19 +374,10 @@ class CallRecords:
 
 def _resolve_dsn(args: argparse.Namespace) -> str:
     """--dsn, else database.dsn of the configuration, else the running appliance's embedded PostgreSQL."""
-    if args.dsn:
-        return args.dsn
-    from services.appliance.supervisor import EmbeddedDatabase  # the CLI's need only
+    from services.appliance.supervisor import appliance_dsn  # the command line's need only
     from services.kit.config import load_settings
 
-    settings = load_settings(args.config)
-    if settings.database.dsn:
-        return settings.database.dsn
-    dsn = EmbeddedDatabase(Path(settings.state_dir).expanduser()).dsn_if_running()
-    if dsn is None:
-        raise ConfigError("no database to check: database.dsn is empty and the embedded PostgreSQL is not running; "
-                          "start the appliance (quietline up), set database.dsn, or pass --dsn")
-    return dsn
+    return appliance_dsn(load_settings(args.config), args.dsn, "check")
 
 
 async def verify_at(dsn: str, schema: str = SCHEMA) -> ChainVerdict:

@@ -593,19 +593,10 @@ async def state_fingerprint(dsn: str) -> str:
 
 def _resolve_dsn(args: argparse.Namespace) -> str:
     """--dsn, else database.dsn of the configuration, else the running appliance's embedded PostgreSQL."""
-    if args.dsn:
-        return args.dsn
-    from services.appliance.supervisor import EmbeddedDatabase
+    from services.appliance.supervisor import appliance_dsn  # the command line's need only
     from services.kit.config import load_settings
 
-    settings = load_settings(args.config)
-    if settings.database.dsn:
-        return settings.database.dsn
-    dsn = EmbeddedDatabase(Path(settings.state_dir).expanduser()).dsn_if_running()
-    if dsn is None:
-        raise ConfigError("no database to load into: database.dsn is empty and the embedded PostgreSQL is not running; "
-                          "start the appliance (quietline up), set database.dsn, or pass --dsn")
-    return dsn
+    return appliance_dsn(load_settings(args.config), args.dsn, "load into")
 
 
 def main(argv: list[str] | None = None) -> int:
