@@ -189,3 +189,10 @@ async def test_verification_with_a_keyed_zip_code(dialog, customer: dict) -> Non
     assert "zip code" in said(events)
     events = await call.say(dtmf=f"{customer['zip']}#")
     assert "you are verified" in said(events)
+
+
+async def test_a_negated_request_does_not_start_the_flow(dialog) -> None:
+    # The classifier alone reads "I don't want to cancel" as cancel_order; the router must not start it.
+    events = await Call(dialog, "router-negation").say("I don't want to cancel my order, I just have a question")
+    assert route(events)[0] != "flow", route(events)
+    assert "e-mail" not in said(events)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
@@ -58,6 +59,11 @@ ONLY_ENGLISH_PROMPT = ("I can only speak English on this line. If you would like
 ANYTHING_ELSE = " Is there anything else I can help with?"
 BAD_KEYS_PROMPT = "Sorry, I did not get those keys. Please key them again, then the hash key."
 FLOW_CLASSES = {"order_status": OrderStatusFlow, "cancel_order": CancelOrderFlow}
+# "I don't want to cancel it": the task classifier reads embeddings, which ignore negation, so a
+# negated flow verb must not start that flow.
+NEGATED_REQUEST = re.compile(
+    r"\b(?:don't|do not|dont|doesn't|does not|didn't|did not|not|never|no need to)\b(?:\s+\w+){0,3}?\s+"
+    r"(?:cancel|cancell\w*|return|exchange|change|check)\b", re.IGNORECASE)
 # The routes TurnAnswerer decides (it ends its own turns).
 ANSWERER_ROUTES = ("llm", "faq", "fallback")
 # TurnAnswerer's reasons for finding nothing to say (as opposed to failing to look).
@@ -233,6 +239,8 @@ class TurnRouter:
         decision = await asyncio.to_thread(self.classifier.classify, text) if text else None
         task = decision.intent if decision else "out_of_scope"
         memory.intent = task if task != "out_of_scope" else memory.intent
+        if task in FLOW_CLASSES and NEGATED_REQUEST.search(text):
+            task = "account_question"  # talked about, not asked for: let the knowledge base answer
         if task in FLOW_CLASSES:
             memory.no_match_turns = 0
             flow = FLOW_CLASSES[task](self.tools)
