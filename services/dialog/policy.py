@@ -15,10 +15,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from services.kit.config import ConfigError
+from services.kit.config import ConfigError, explain_validation_error, read_yaml_mapping
 
 DEFAULT_POLICY_FILE = Path(__file__).resolve().parent / "policy.yaml"
 
@@ -119,25 +118,12 @@ class PolicyRules:
     def load(cls, path: Path | str | None = None) -> PolicyRules:  # "" or None: the default policy
         """Read and check the policy file (default: the one beside this module); ConfigError names the fix."""
         source = Path(path) if path else DEFAULT_POLICY_FILE
-        try:
-            data = yaml.safe_load(source.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"policy file {source} does not exist: set dialog.policy_file to an existing file") from None
-        except yaml.YAMLError as err:
-            raise ConfigError(f"policy file {source} is not valid YAML ({err}): fix the syntax") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"policy file {source} must hold a mapping (disclosure, brand, escalation, ...)")
+        data = read_yaml_mapping(source, "policy file", "set dialog.policy_file to an existing file",
+                                 "sections (disclosure, brand, escalation, ...)")
         try:
             return cls(Policy(**data), source)
         except ValidationError as err:
-            problems = []
-            for item in err.errors():
-                where = ".".join(str(part) for part in item["loc"])
-                if item["type"] == "extra_forbidden":
-                    problems.append(f"unknown key '{where}': remove it or correct its spelling")
-                else:
-                    problems.append(f"'{where}': {item['msg']}")
-            raise ConfigError(f"policy file {source} is invalid: " + "; ".join(problems)) from None
+            raise ConfigError(f"policy file {source} is invalid: {explain_validation_error(err)}") from None
 
     def screen(self, utterance: str) -> PolicyMatch | None:
         """The first rule the caller's words trigger (high-risk topics, abuse, frustration, never-answer

@@ -253,20 +253,25 @@ class QuietLineSettings(BaseSettings):
         return (env_settings, init_settings)
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml_mapping(path: Path, what: str, missing_fix: str, expected: str = "sections") -> dict[str, Any]:
+    """The YAML mapping in `path` (empty file: {}); ConfigError names `what` file, the problem and the fix."""
     try:
         text = path.read_text()
     except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist: pass an existing file to --config") from None
+        raise ConfigError(f"{what} {path} does not exist: {missing_fix}") from None
     except OSError as err:
-        raise ConfigError(f"config file {path} cannot be read ({err.strerror}): fix its permissions") from None
+        raise ConfigError(f"{what} {path} cannot be read ({err.strerror}): fix its permissions") from None
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
-        raise ConfigError(f"config file {path} is not valid YAML ({err}): fix the syntax") from None
+        raise ConfigError(f"{what} {path} is not valid YAML ({err}): fix the syntax") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of sections, not {type(data).__name__}")
+        raise ConfigError(f"{what} {path} must hold a mapping of {expected}, not {type(data).__name__}")
     return data
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    return read_yaml_mapping(path, "config file", "pass an existing file to --config")
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -279,7 +284,8 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _explain(err: ValidationError, sources: str) -> str:
+def explain_validation_error(err: ValidationError) -> str:
+    """Every problem pydantic found, each naming the key and how to fix it, joined by "; "."""
     problems = []
     for item in err.errors():
         where = ".".join(str(part) for part in item["loc"])
@@ -287,7 +293,11 @@ def _explain(err: ValidationError, sources: str) -> str:
             problems.append(f"unknown key '{where}': remove it or correct its spelling")
         else:
             problems.append(f"'{where}': {item['msg']} (got {item.get('input')!r})")
-    return f"invalid configuration ({sources}): " + "; ".join(problems)
+    return "; ".join(problems)
+
+
+def _explain(err: ValidationError, sources: str) -> str:
+    return f"invalid configuration ({sources}): " + explain_validation_error(err)
 
 
 def load_settings(config_file: Path | str | None = None, profile: str | None = None) -> QuietLineSettings:
