@@ -413,16 +413,22 @@ async def modify_pending_order_payment(conn, session, args) -> dict[str, Any]:
     return await _save_order(conn, order)
 
 
-async def modify_pending_order_items(conn, session, args) -> dict[str, Any]:
-    """Change lines of a pending order to other options of the same products; settle the difference."""
-    tool = "modify_pending_order_items"
-    order = await _owned_order(conn, tool, session, args["order_id"], lock=True)
-    _require_status(tool, order, "pending", "modify_only_pending", "modified")
+async def _priced_item_change(conn, tool: str, session: VerifiedSession, order: dict[str, Any], args: dict[str, Any]):
+    """The order lines to change, their new variants, the price difference and the (checked) payment method."""
     lines = _match_lines(tool, order, args["item_ids"])
     variants = await _new_variants(conn, tool, order, lines, args["new_item_ids"])
     difference = sum((variant["price"] - cents(order["items"][index]["price"]) for index, variant in zip(lines, variants)), cents(0))
     method = await _owned_payment_method(conn, tool, session, args["payment_method_id"])
     _require_gift_card_covers(tool, method, difference, "the price difference")
+    return lines, variants, difference, method
+
+
+async def modify_pending_order_items(conn, session, args) -> dict[str, Any]:
+    """Change lines of a pending order to other options of the same products; settle the difference."""
+    tool = "modify_pending_order_items"
+    order = await _owned_order(conn, tool, session, args["order_id"], lock=True)
+    _require_status(tool, order, "pending", "modify_only_pending", "modified")
+    lines, variants, difference, method = await _priced_item_change(conn, tool, session, order, args)
     order["payment_history"] = order["payment_history"] + [{
         "transaction_type": "payment" if difference > 0 else "refund", "amount": money(abs(difference)),
         "payment_method_id": method["payment_method_id"]}]
@@ -458,11 +464,7 @@ async def exchange_delivered_order_items(conn, session, args) -> dict[str, Any]:
     tool = "exchange_delivered_order_items"
     order = await _owned_order(conn, tool, session, args["order_id"], lock=True)
     _require_status(tool, order, "delivered", "exchange_only_delivered", "exchanged")
-    lines = _match_lines(tool, order, args["item_ids"])
-    variants = await _new_variants(conn, tool, order, lines, args["new_item_ids"])
-    difference = sum((variant["price"] - cents(order["items"][index]["price"]) for index, variant in zip(lines, variants)), cents(0))
-    method = await _owned_payment_method(conn, tool, session, args["payment_method_id"])
-    _require_gift_card_covers(tool, method, difference, "the price difference")
+    _, _, difference, method = await _priced_item_change(conn, tool, session, order, args)
     order["status"] = "exchange requested"
     order["extra"] = {**order["extra"], "exchange_items": sorted(args["item_ids"]),
                       "exchange_new_items": sorted(args["new_item_ids"]),
