@@ -128,13 +128,6 @@ class TurnRouter:
         memory = self._memory(call_id)
         record = _Turn()
         first_turn = not memory.disclosed
-        if first_turn:
-            try:
-                await self.records.start_call(call_id, service_line=request.context.service_line,
-                                              language=request.context.language)
-            except Exception as err:  # noqa: BLE001 - e.g. the call began before a restart; keep answering
-                ERRORS.labels("dialog", "records_failed").inc()
-                log.warning("call start not recorded", extra={"call_id": call_id, "error": type(err).__name__})
         events = self._route(request, memory, record, budget_s)
         pending: dialog_pb2.TurnEvent | None = None
         first_say_s: float | None = None
@@ -173,7 +166,8 @@ class TurnRouter:
         turn_s = time.perf_counter() - started
         STAGE_LATENCY.labels("dialog", "turn").observe(turn_s)
         STAGE_LATENCY.labels("dialog", f"turn_{record.route or 'none'}").observe(turn_s)
-        await self._store(request, record, turn_s, first_say_s)
+        # Recorded after the last event went out: storage (redaction, two writes) never delays the caller.
+        await self._store(request, record, turn_s, first_say_s, first_turn)
 
     async def _route(self, request: dialog_pb2.TurnRequest, memory: CallMemory, record: _Turn,
                      budget_s: float | None) -> AsyncIterator[dialog_pb2.TurnEvent]:
@@ -347,9 +341,17 @@ class TurnRouter:
         }
 
     async def _store(self, request: dialog_pb2.TurnRequest, record: _Turn, turn_s: float,
-                     first_say_s: float | None) -> None:
-        """The turn, its tool calls and any escalation, in the call records (redacted there)."""
+                     first_say_s: float | None, first_turn: bool) -> None:
+        """The call's start (on its first turn), the turn, its tool calls and any escalation, in the call
+        records (redacted there)."""
         call_id, number = request.call.call_id, request.call.turn
+        if first_turn:
+            try:
+                await self.records.start_call(call_id, service_line=request.context.service_line,
+                                              language=request.context.language)
+            except Exception as err:  # noqa: BLE001 - e.g. the call began before a restart; keep answering
+                ERRORS.labels("dialog", "records_failed").inc()
+                log.warning("call start not recorded", extra={"call_id": call_id, "error": type(err).__name__})
         try:
             await self.records.record_turn(
                 call_id, number, caller_text=request.transcript, bot_text=" ".join(record.says),
