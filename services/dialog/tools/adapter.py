@@ -41,13 +41,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError, ValidationError, best_match
 from purgatory import AsyncCircuitBreakerFactory
 from purgatory.domain.model import OpenedState
 
-from services.kit.config import ConfigError
+from services.kit.config import ConfigError, read_yaml_mapping
 
 log = logging.getLogger("quietline.dialog.tools")
 
@@ -479,14 +478,10 @@ class BuildContext:
 
 def read_tool_config(path: Path | str) -> dict[str, Any]:
     """The tools YAML file at `path`, parsed; ToolConfigError naming the problem otherwise."""
-    path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ToolConfigError(f"tools config {path} does not exist: create it or correct the path") from None
-    except yaml.YAMLError as err:
-        raise ToolConfigError(f"tools config {path} is not valid YAML ({err}): fix the syntax") from None
-    return data if data is not None else {}
+        return read_yaml_mapping(Path(path), "tools config", "create it or correct the path", "tools")
+    except ConfigError as err:
+        raise ToolConfigError(str(err)) from None
 
 
 async def load_tool_registry(config: Mapping[str, Any] | Path | str, default_dsn: str = "",
