@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from services.dialog.flows import CallState, CancelOrderFlow, OrderStatusFlow, VerificationFlow
+from services.dialog.flows import CallState
+from services.dialog.retail_flows import CancelOrderFlow, OrderStatusFlow, VerificationFlow
 from services.dialog.intents import match_control
 from services.dialog.tools.adapter import VerificationLevel, VerifiedSession
 from services.dialog.tools.backoffice import BackofficeStore, load_retail, state_fingerprint

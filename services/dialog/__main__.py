@@ -19,9 +19,10 @@ from services.dialog.answering import TurnAnswerer
 from services.dialog.intents import IntentClassifier
 from services.dialog.policy import PolicyRules
 from services.dialog.records import CallRecords
-from services.dialog.router import TurnRouter
+from services.dialog.router import ServiceLine, TurnRouter
 from services.dialog.servicer import DialogServicer
 from services.dialog.tools.backoffice import BackofficeStore, load_demo_if_empty
+from services.dialog.retail_flows import RETAIL_FLOWS
 from services.dialog.tools.retail import retail_registry
 from services.kit.channels import open_channel
 from services.kit.config import QuietLineSettings
@@ -51,7 +52,8 @@ async def setup(server: grpc.aio.Server, settings: QuietLineSettings) -> list[st
     llm = LlmClient.from_settings(settings.llm)
     _resources.update(channel=channel, llm=llm)
     answerer = TurnAnswerer(settings, knowledge_pb2_grpc.KnowledgeStub(channel), llm)
-    router = TurnRouter(settings, answerer, policy, classifier, retail_registry(store), records)
+    lines = {"retail": ServiceLine(RETAIL_FLOWS, retail_registry(store))}
+    router = TurnRouter(settings, answerer, policy, classifier, lines, records)
     dialog_pb2_grpc.add_DialogServicer_to_server(DialogServicer(router), server)
     return [dialog_pb2.DESCRIPTOR.services_by_name["Dialog"].full_name]
 

@@ -31,13 +31,7 @@ from dataclasses import dataclass, field
 
 from quietline.v1 import dialog_pb2
 from services.dialog.answering import NO_SPEECH_PROMPT, TurnAnswerer, route_event, say_event
-from services.dialog.flows import (
-    CallState,
-    CancelOrderFlow,
-    FlowStep,
-    OrderStatusFlow,
-    VerificationFlow,
-)
+from services.dialog.flows import CallState, FlowStep, LineFlows
 from services.dialog.intents import IntentClassifier, match_control
 from services.dialog.policy import PolicyRules
 from services.dialog.records import CallRecords
@@ -58,7 +52,6 @@ ONLY_ENGLISH_PROMPT = ("I can only speak English on this line. If you would like
                        "say agent and I will put you through to a colleague.")
 ANYTHING_ELSE = " Is there anything else I can help with?"
 BAD_KEYS_PROMPT = "Sorry, I did not get those keys. Please key them again, then the hash key."
-FLOW_CLASSES = {"order_status": OrderStatusFlow, "cancel_order": CancelOrderFlow}
 # "I don't want to cancel it": the task classifier reads embeddings, which ignore negation, so a
 # negated flow verb must not start that flow.
 NEGATED_REQUEST = re.compile(
@@ -70,11 +63,20 @@ ANSWERER_ROUTES = ("llm", "faq", "fallback")
 NO_MATCH_REASONS = ("no matching passage", "no passages")
 
 
+@dataclass(frozen=True)
+class ServiceLine:
+    """One phone line's business: the flows it offers and the tools they may call."""
+
+    flows: LineFlows
+    tools: ToolRegistry
+
+
 @dataclass
 class CallMemory:
     """One call's state between turns."""
 
     state: CallState
+    line: ServiceLine
     flow: object | None = None  # the active flow
     resume_after_verification: tuple[object, str] | None = None  # (flow, the request that started it)
     last_said: str = ""
@@ -102,19 +104,24 @@ class TurnRouter:
     """Routes every caller turn; one instance serves all calls of a dialog process."""
 
     def __init__(self, settings: QuietLineSettings, answerer: TurnAnswerer, policy: PolicyRules,
-                 classifier: IntentClassifier, tools: ToolRegistry, records: CallRecords) -> None:
+                 classifier: IntentClassifier, lines: dict[str, ServiceLine], records: CallRecords) -> None:
+        if settings.dialog.line not in lines:
+            raise ValueError(f"dialog.line {settings.dialog.line!r} is not a line this dialog offers "
+                             f"({', '.join(sorted(lines))}): set dialog.line to one of them")
         self.settings = settings
         self.answerer = answerer
         self.policy = policy
         self.classifier = classifier
-        self.tools = tools
+        self.lines = lines
         self.records = records
         self.calls: OrderedDict[str, CallMemory] = OrderedDict()
 
-    def _memory(self, call_id: str) -> CallMemory:
+    def _memory(self, call_id: str, service_line: str) -> CallMemory:
         memory = self.calls.get(call_id)
         if memory is None:
-            memory = self.calls[call_id] = CallMemory(CallState.new(call_id))
+            # The gateway names the number's line; an unknown or empty name gets the default line.
+            line = self.lines.get(service_line) or self.lines[self.settings.dialog.line]
+            memory = self.calls[call_id] = CallMemory(CallState.new(call_id), line)
             while len(self.calls) > MAX_CALLS_REMEMBERED:
                 self.calls.popitem(last=False)
         self.calls.move_to_end(call_id)
@@ -125,7 +132,7 @@ class TurnRouter:
         """The events of one turn: a RouteDecision, Say events, at most one Action; end_of_turn last."""
         started = time.perf_counter()
         call_id = request.call.call_id
-        memory = self._memory(call_id)
+        memory = self._memory(call_id, request.context.service_line)
         record = _Turn()
         first_turn = not memory.disclosed
         events = self._route(request, memory, record, budget_s)
@@ -233,14 +240,15 @@ class TurnRouter:
         decision = await asyncio.to_thread(self.classifier.classify, text) if text else None
         task = decision.intent if decision else "out_of_scope"
         memory.intent = task if task != "out_of_scope" else memory.intent
-        if task in FLOW_CLASSES and NEGATED_REQUEST.search(text):
+        flows, tools = memory.line.flows, memory.line.tools
+        if task in flows.tasks and NEGATED_REQUEST.search(text):
             task = "account_question"  # talked about, not asked for: let the knowledge base answer
-        if task in FLOW_CLASSES:
+        if task in flows.tasks:
             memory.no_match_turns = 0
-            flow = FLOW_CLASSES[task](self.tools)
+            flow = flows.tasks[task](tools)
             if memory.state.session.level < VerificationLevel.VERIFIED:
                 memory.resume_after_verification = (flow, utterance)
-                memory.flow = VerificationFlow(self.tools)
+                memory.flow = flows.verification(tools)
                 yield route_event("flow", f"{task}: verification first")
                 step = await memory.flow.step(memory.state, utterance)
                 async for event in self._flow_events(memory, record, step, opening=memory.flow.opening()):
@@ -280,7 +288,7 @@ class TurnRouter:
                              announce: str = "") -> AsyncIterator[dialog_pb2.TurnEvent]:
         flow = memory.flow
         yield route_event("flow", announce or getattr(flow, "name", "flow"))
-        if isinstance(flow, VerificationFlow):
+        if isinstance(flow, memory.line.flows.verification):
             step = await flow.step(memory.state, utterance)
         else:
             step = await flow.step(memory.state, utterance, intent)

@@ -209,6 +209,9 @@ class DialogSettings(_Section):
     # The operator's policy file (disclosure, escalation rules, topics never answered); "" is the
     # default policy, services/dialog/policy.yaml.
     policy_file: str = ""
+    # The business a call is about when the gateway names no line this dialog knows: "retail" (a shop's
+    # orders) or "bank" (a bank's cards). A call's TurnContext.service_line picks another.
+    line: Literal["retail", "bank"] = "retail"
 
 
 class GatewaySettings(_Section):
