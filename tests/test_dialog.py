@@ -101,10 +101,17 @@ async def turn(stub, request, timeout: float = 30.0) -> list[dialog_pb2.TurnEven
 
 
 def assert_well_formed(events: list[dialog_pb2.TurnEvent]) -> None:
-    """A route decision first, end_of_turn on the last event and on no other."""
+    """One route decision, preceded by cached prompts only (the disclosure, an acknowledgement), and
+    end_of_turn on the last event and on no other."""
     assert events, "the turn produced no events"
-    assert events[0].WhichOneof("event") == "route", events
+    kinds = [event.WhichOneof("event") for event in events]
+    assert kinds.count("route") == 1, events
+    assert all(event.say.cached_prompt for event in events[:kinds.index("route")]), events
     assert [event.end_of_turn for event in events] == [False] * (len(events) - 1) + [True], events
+
+
+def route_of(events: list[dialog_pb2.TurnEvent]) -> dialog_pb2.RouteDecision:
+    return next(event.route for event in events if event.WhichOneof("event") == "route")
 
 
 def normalised(text: str) -> str:
@@ -119,7 +126,7 @@ async def test_lost_card_question_gets_a_cited_answer(dialog, dialog_service):
     events = await turn(dialog, turn_request(LOST_CARD_QUESTION, "test-lost-card"))
 
     assert_well_formed(events)
-    route = events[0].route
+    route = route_of(events)
     assert route.route in ("llm", "faq"), route
     # The call's first turn starts with the disclosure (a cached prompt), then the answer.
     disclosure, *says = [event.say for event in events if event.WhichOneof("event") == "say"]
@@ -142,7 +149,7 @@ async def test_empty_transcript_asks_the_caller_to_repeat(dialog):
     events = await turn(dialog, turn_request("   ", "test-empty"))
 
     assert_well_formed(events)
-    assert (events[0].route.route, events[0].route.reason) == ("control", "no speech")
+    assert (route_of(events).route, route_of(events).reason) == ("control", "no speech")
     assert events[-1].say.text == NO_SPEECH_PROMPT and "did not catch" in events[-1].say.text
     assert events[-1].say.cached_prompt
 
@@ -151,13 +158,13 @@ async def test_question_outside_the_knowledge_base_is_clarified_then_handed_to_a
     for number in (1, 2):
         events = await turn(dialog, turn_request("Who won the football yesterday?", "test-unknown", number))
         assert_well_formed(events)
-        assert events[0].route.route == "clarify", events[0]
+        assert route_of(events).route == "clarify", events[0]
         assert "What would you like to do?" in events[-1].say.text
         assert not any(event.WhichOneof("event") == "action" for event in events)
     events = await turn(dialog, turn_request("Who won the football yesterday?", "test-unknown", 3))
 
     assert_well_formed(events)
-    assert (events[0].route.route, events[0].route.reason) == ("human", "repeated no-match"), events[0]
+    assert (route_of(events).route, route_of(events).reason) == ("human", "repeated no-match"), events[0]
     action = events[-1].action
     assert action.kind == dialog_pb2.Action.KIND_TRANSFER
     briefing = json.loads(action.briefing)
@@ -220,8 +227,8 @@ async def test_knowledge_down_ends_with_apology_and_transfer(dialog_without_know
         await channel.close()
 
     assert_well_formed(events)
-    assert events[0].route.route == "fallback"
-    assert "knowledge" in events[0].route.reason and "UNAVAILABLE" in events[0].route.reason, events[0]
+    assert route_of(events).route == "fallback"
+    assert "knowledge" in route_of(events).reason and "UNAVAILABLE" in route_of(events).reason, events[0]
     apology = [event.say.text for event in events if event.WhichOneof("event") == "say"][1]  # after the disclosure
     assert apology.startswith("Sorry") and "colleague" in apology
     action = events[-1].action

@@ -48,6 +48,22 @@ def dialog_service(service_config: Path, state_dir: Path, database_dsn: str, bac
 
 
 @pytest.fixture(scope="module")
+def hurried_dialog_service(service_config: Path, state_dir: Path, database_dsn: str, back_office):
+    """A dialog whose deadline to the first words no route can meet: every later turn is acknowledged."""
+    config = yaml.safe_load(service_config.read_text())
+    config["knowledge"] = {"endpoint": {"port": free_port(), "metrics_port": free_port()}}
+    config["llm"]["port"] = free_port()
+    config["dialog"] = {"endpoint": {"port": free_port(), "metrics_port": free_port()},
+                        "first_words_deadline_s": 0.001}
+    folder = state_dir / "dialog-router-hurried"
+    folder.mkdir(exist_ok=True)
+    service = start_service("dialog", write_config(folder / "services.yaml", config),
+                            extra_env={"QUIETLINE_DATABASE__DSN": database_dsn})
+    yield service
+    assert service.stop() == 0, service.log()
+
+
+@pytest.fixture(scope="module")
 async def dialog(dialog_service):
     channel = open_channel(dialog_service.target, default_deadline_s=30.0)
     yield dialog_pb2_grpc.DialogStub(channel)
@@ -66,7 +82,10 @@ class Call:
             call=common_pb2.CallRef(call_id=self.call_id, turn=self.number), transcript=transcript,
             asr_confidence=0.9, context=dialog_pb2.CallContext(service_line="retail", language="en", dtmf=dtmf))
         events = [event async for event in self.stub.Turn(request, timeout=30.0)]
-        assert events and events[0].WhichOneof("event") == "route", events
+        kinds = [event.WhichOneof("event") for event in events]
+        assert kinds.count("route") == 1, events
+        # Only cached prompts (the disclosure, an acknowledgement) may come before the route decision.
+        assert all(event.say.cached_prompt for event in events[:kinds.index("route")]), events
         assert [event.end_of_turn for event in events] == [False] * (len(events) - 1) + [True], events
         return events
 
@@ -76,7 +95,8 @@ def said(events) -> str:
 
 
 def route(events) -> tuple[str, str]:
-    return events[0].route.route, events[0].route.reason
+    decision = next(event.route for event in events if event.WhichOneof("event") == "route")
+    return decision.route, decision.reason
 
 
 def action(events) -> dialog_pb2.Action | None:
@@ -196,3 +216,30 @@ async def test_a_negated_request_does_not_start_the_flow(dialog) -> None:
     events = await Call(dialog, "router-negation").say("I don't want to cancel my order, I just have a question")
     assert route(events)[0] != "flow", route(events)
     assert "e-mail" not in said(events)
+
+
+async def test_a_route_that_misses_the_deadline_is_preceded_by_the_cached_acknowledgement(
+    hurried_dialog_service, customer: dict, database_dsn: str
+) -> None:
+    channel = open_channel(hurried_dialog_service.target, default_deadline_s=30.0)
+    try:
+        call = Call(dialog_pb2_grpc.DialogStub(channel), "router-hurried")
+        first = await call.say("Hi, I'd like to check on an order")
+        second = await call.say(f"it's {spoken_email(customer['email'])}")  # verification: a database lookup
+        third = await call.say("say that again please")
+    finally:
+        await channel.close()
+    # The first turn's first words are the disclosure, at once: no acknowledgement is needed.
+    assert first[0].say.cached_prompt and "automated assistant" in first[0].say.text
+    assert "let me check" not in said(first).lower()
+    # A later turn: the acknowledgement is its first words (a cached prompt), then the route's answer.
+    acknowledgement, *answer = [event.say for event in second if event.WhichOneof("event") == "say"]
+    assert acknowledgement.cached_prompt and acknowledgement.text == "One moment, let me check that for you."
+    assert route(second)[0] == "flow" and "you are verified" in answer[0].text
+    # "Repeat" repeats the answer, never the acknowledgement.
+    assert route(third) == ("control", "repeat")
+    assert said(third).endswith(" ".join(say.text for say in answer)) and "One moment" not in said(third)
+    timings = await rows(database_dsn, "SELECT turn, timings FROM dialog.turns WHERE call_id = %s ORDER BY turn",
+                         "router-hurried")
+    assert [(turn, t["acknowledged"]) for turn, t in timings][:2] == [(1, False), (2, True)]
+    assert timings[1][1]["first_say_ms"] <= timings[1][1]["answer_say_ms"]

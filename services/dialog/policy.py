@@ -68,6 +68,8 @@ class Policy(_Strict):
     """The whole policy file."""
 
     disclosure: str = Field(min_length=1)
+    # Said when a turn's answer will not be ready by dialog.first_words_deadline_s (a cached prompt).
+    acknowledgement: str = Field(default="One moment, let me check that for you.", min_length=1)
     brand: Brand
     escalation: Escalation = Escalation()
     never_answer: dict[str, Topic] = {}

@@ -12,7 +12,9 @@ For every turn, the first route that applies answers it:
 5. **clarify**: out of scope: ask what the caller needs; after `max_no_match_turns` such turns in a
    row, hand over.
 
-The first turn of a call starts with the policy's disclosure (a cached prompt). Every turn is stored,
+The first turn of a call starts with the policy's disclosure (a cached prompt, at once); a later turn
+whose route has said nothing by `dialog.first_words_deadline_s` starts with the policy's cached
+acknowledgement, and the answer follows. Every turn is stored,
 redacted, in the call records with its route and reason, and so is every tool call and escalation,
 each with its audit row. Call state lives in this process, keyed by call id (bounded; the oldest
 calls are forgotten first).
@@ -98,6 +100,8 @@ class _Turn:
     tool_calls: list = field(default_factory=list)
     escalation: dict | None = None
     hang_up: bool = False
+    acknowledged: bool = False  # the cached acknowledgement went first: the route missed the deadline
+    answer_say_s: float | None = None  # when the route's own first words were ready
 
 
 class TurnRouter:
@@ -129,30 +133,51 @@ class TurnRouter:
 
     async def turn(self, request: dialog_pb2.TurnRequest, budget_s: float | None = None
                    ) -> AsyncIterator[dialog_pb2.TurnEvent]:
-        """The events of one turn: a RouteDecision, Say events, at most one Action; end_of_turn last."""
+        """The events of one turn: a RouteDecision, Say events, at most one Action; end_of_turn last.
+
+        The caller never waits in silence past `dialog.first_words_deadline_s`: a call's first turn
+        starts with the disclosure at once, and a later turn whose route has said nothing by the
+        deadline gets the policy's cached acknowledgement first.
+        """
         started = time.perf_counter()
         call_id = request.call.call_id
         memory = self._memory(call_id, request.context.service_line)
         record = _Turn()
         first_turn = not memory.disclosed
+        deadline_s = self.settings.dialog.first_words_deadline_s
+        first_say_s: float | None = None
+        if first_turn:
+            memory.disclosed = True
+            first_say_s = time.perf_counter() - started
+            yield say_event(self.policy.policy.disclosure, cached=True)
         events = self._route(request, memory, record, budget_s)
         pending: dialog_pb2.TurnEvent | None = None
-        first_say_s: float | None = None
+        # The route runs ahead in its own task so the deadline can pass while it works.
+        next_event = asyncio.ensure_future(anext(events, None))
         try:
-            async for event in events:
+            while True:
+                if first_say_s is None:
+                    left_s = deadline_s - (time.perf_counter() - started)
+                    done, _ = await asyncio.wait({next_event}, timeout=max(left_s, 0.0))
+                    if not done:
+                        record.acknowledged = True
+                        first_say_s = time.perf_counter() - started
+                        yield say_event(self.policy.policy.acknowledgement, cached=True)
+                event = await next_event
+                if event is None:
+                    break
+                next_event = asyncio.ensure_future(anext(events, None))
                 if event.HasField("route"):
                     record.route, record.reason = event.route.route, event.route.reason
                     memory.routes.append(record.route)
                     yield event
-                    if first_turn:
-                        memory.disclosed = True
-                        yield say_event(self.policy.policy.disclosure, cached=True)
                     continue
                 if event.HasField("say"):
                     record.says.append(event.say.text)
+                    if record.answer_say_s is None:
+                        record.answer_say_s = time.perf_counter() - started
                     if first_say_s is None:
-                        first_say_s = time.perf_counter() - started
-                        STAGE_LATENCY.labels("dialog", "first_say").observe(first_say_s)
+                        first_say_s = record.answer_say_s
                 if record.route in ANSWERER_ROUTES:
                     # TurnAnswerer marks its own last event; passing its sentences on at once keeps the
                     # first words as early as the LLM streams them.
@@ -167,7 +192,14 @@ class TurnRouter:
                 pending.end_of_turn = True
                 yield pending
         finally:
+            if not next_event.done():
+                next_event.cancel()
+                await asyncio.gather(next_event, return_exceptions=True)
             await events.aclose()
+        if first_say_s is not None:
+            STAGE_LATENCY.labels("dialog", "first_say").observe(first_say_s)
+        if record.acknowledged:
+            STAGE_LATENCY.labels("dialog", "acknowledged_answer").observe(record.answer_say_s or 0.0)
         if record.says:
             memory.last_said = " ".join(record.says)
         turn_s = time.perf_counter() - started
@@ -365,7 +397,9 @@ class TurnRouter:
                 call_id, number, caller_text=request.transcript, bot_text=" ".join(record.says),
                 route=record.route or "none", reason=record.reason,
                 timings={"turn_ms": round(turn_s * 1000, 1),
-                         "first_say_ms": None if first_say_s is None else round(first_say_s * 1000, 1)})
+                         "first_say_ms": None if first_say_s is None else round(first_say_s * 1000, 1),
+                         "answer_say_ms": None if record.answer_say_s is None else round(record.answer_say_s * 1000, 1),
+                         "acknowledged": record.acknowledged})
             for call in record.tool_calls:
                 await self.records.record_tool_call(call_id, number, tool=call.tool, arguments=call.arguments,
                                                     outcome=call.outcome, error=call.error,

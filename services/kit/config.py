@@ -192,6 +192,9 @@ class LlmSettings(LlmEndpoint):
 
 class DialogSettings(_Section):
     endpoint: Endpoint = Endpoint(port=50464, metrics_port=9464)
+    # Deadline from a turn's final transcript to its first spoken words: a route that has said nothing
+    # by then gets the policy's cached acknowledgement first, and its answer follows.
+    first_words_deadline_s: float = Field(default=0.3, gt=0, le=10)
     # Budget for the whole LLM answer; past it the extractive fallback is spoken instead.
     llm_deadline_s: float = Field(default=8.0, gt=0)
     # A generated sentence is spoken only when this share of its content words occurs in the passages.
