@@ -6,9 +6,12 @@ import pytest
 
 from services.dialog.slots import (
     digit_runs,
+    extract_date,
     extract_email,
     extract_order_id,
     extract_person_name,
+    extract_phone_number,
+    extract_postal_address,
     extract_zip_code,
     parse_dtmf,
 )
@@ -71,3 +74,42 @@ def test_keypad_input_and_its_errors() -> None:
     assert parse_dtmf("1234#").complete and not parse_dtmf("12").complete
     with pytest.raises(ValueError, match=r"'x' are not keypad keys"):
         parse_dtmf("12x4#")
+
+
+@pytest.mark.parametrize(("utterance", "value"), [
+    ("my date of birth is 07/22/1985", "07/22/1985"),
+    ("I was born July 22nd, 1985", "07/22/1985"),
+    ("the twenty second of July nineteen eighty five", "07/22/1985"),
+    ("1985-07-22", "07/22/1985"),
+    ("3 March 1992", "03/03/1992"),
+    ("02/30/1990", None),  # no such day
+    ("I don't have that on hand", None),
+])
+def test_dates(utterance: str, value: str | None) -> None:
+    assert extract_date(utterance) == value
+
+
+@pytest.mark.parametrize(("utterance", "value"), [
+    ("my number is 206-555-0293", "206-555-0293"),
+    ("two oh six, five five five, oh two nine three", "206-555-0293"),
+    ("(313) 555 0246 thanks", "313-555-0246"),
+    ("call me at +44 20 7946 0958", "+442079460958"),
+    ("my zip is 48226", None),
+    ("born 07/22/1985", None),  # a date is not a phone number
+])
+def test_phone_numbers(utterance: str, value: str | None) -> None:
+    assert extract_phone_number(utterance) == value
+
+
+@pytest.mark.parametrize(("utterance", "one_line"), [
+    ("please send it to my work address, 2500 Woodward Avenue, Suite 300, Detroit, MI 48201",
+     "2500 Woodward Avenue, Suite 300, Detroit, MI 48201"),
+    ("send it to 1923 Oak Park Boulevard, Detroit, MI 48226 please", "1923 Oak Park Boulevard, Detroit, MI 48226"),
+    ("twenty five hundred Woodward Avenue Detroit Michigan four eight two zero one",
+     "2500 Woodward Avenue, Detroit, Michigan 48201"),
+    ("yes the address on file", None),
+    ("2500 Woodward Avenue, Detroit", None),  # no state and zip: asked again, never half an address
+])
+def test_postal_addresses(utterance: str, one_line: str | None) -> None:
+    address = extract_postal_address(utterance)
+    assert (address.one_line() if address else None) == one_line

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import date
 
+import phonenumbers
+import usaddress
 from text_to_num import alpha2digit
 
 # Spoken forms of single digits that text2num leaves alone.
@@ -123,6 +126,112 @@ def extract_person_name(text: str) -> tuple[str, str] | None:
     if not words or words[0].lower() in _NOT_NAMES:
         return None
     return words[0].capitalize(), words[-1].capitalize() if len(words) > 1 else ""
+
+
+_MONTHS = {name: number for number, names in enumerate(
+    [("january", "jan"), ("february", "feb"), ("march", "mar"), ("april", "apr"), ("may",), ("june", "jun"),
+     ("july", "jul"), ("august", "aug"), ("september", "sep", "sept"), ("october", "oct"),
+     ("november", "nov"), ("december", "dec")], start=1) for name in names}
+_MONTH = "|".join(sorted(_MONTHS, key=len, reverse=True))
+_DAY = r"(?P<day>\d{1,2})(?:st|nd|rd|th)?"
+_DATE_FORMS = [
+    re.compile(r"\b(?P<month>\d{1,2})[/.-](?P<day>\d{1,2})[/.-](?P<year>(?:19|20)\d{2})\b"),  # 07/22/1985
+    re.compile(r"\b(?P<year>(?:19|20)\d{2})-(?P<month>\d{1,2})-(?P<day>\d{1,2})\b"),  # 1985-07-22
+    re.compile(rf"\b(?P<month>{_MONTH})\.?\s+(?:the\s+)?{_DAY},?\s+(?P<year>(?:19|20)\d{{2}})\b"),  # July 22nd, 1985
+    re.compile(rf"\b(?:the\s+)?{_DAY}\s+(?:of\s+)?(?P<month>{_MONTH})\.?,?\s+(?P<year>(?:19|20)\d{{2}})\b"),  # 22 July 1985
+]
+
+
+def extract_date(text: str) -> str | None:
+    """A calendar date said or written in a common US or spelled-out form, as MM/DD/YYYY, or None.
+
+    "07/22/1985", "1985-07-22", "July 22nd, 1985", "the 22nd of July 1985" (and the years and days
+    as words, which text2num turns into digits) all give "07/22/1985"; an impossible date is None.
+    """
+    spoken = re.sub(r"\b(19|20) (\d{2})\b", r"\1\2", spoken_digits(text).lower())  # "19 85" -> "1985"
+    for form in _DATE_FORMS:
+        match = form.search(spoken)
+        if not match:
+            continue
+        month = match.group("month")
+        month_number = _MONTHS[month] if month in _MONTHS else int(month)
+        day, year = int(match.group("day")), int(match.group("year"))
+        try:
+            date(year, month_number, day)
+        except ValueError:
+            return None
+        return f"{month_number:02d}/{day:02d}/{year}"
+    return None
+
+
+def extract_phone_number(text: str, region: str = "US") -> str | None:
+    """A phone number said or written ("two oh six, five five five, oh two nine three"), as NNN-NNN-NNNN
+    for North American numbers (the back office's form) or E.164 otherwise; None when there is none.
+
+    libphonenumber finds the number; the spoken digit groups are joined first (callers pause between
+    them, and the recogniser writes the pauses as commas).
+    """
+    spoken = re.sub(r"(?<=\d)[,.]?\s+(?=\d)", " ", spoken_digits(text))
+    for match in phonenumbers.PhoneNumberMatcher(spoken, region, leniency=phonenumbers.Leniency.POSSIBLE):
+        number = match.number
+        national = str(number.national_number)
+        if number.country_code == 1 and len(national) == 10:
+            return f"{national[:3]}-{national[3:6]}-{national[6:]}"
+        return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    return None
+
+
+@dataclass(frozen=True)
+class PostalAddress:
+    """A US postal address in the back office's parts."""
+
+    address1: str  # number and street: "2500 Woodward Avenue"
+    address2: str  # apartment or suite, or ""
+    city: str
+    state: str
+    zip: str
+    country: str = "USA"
+
+    def one_line(self) -> str:
+        """"2500 Woodward Avenue, Suite 300, Detroit, MI 48201"."""
+        return ", ".join(part for part in (self.address1, self.address2, self.city, f"{self.state} {self.zip}") if part)
+
+
+_STREET_PARTS = ("AddressNumberPrefix", "AddressNumber", "AddressNumberSuffix", "StreetNamePreModifier",
+                 "StreetNamePreDirectional", "StreetNamePreType", "StreetName", "StreetNamePostType",
+                 "StreetNamePostDirectional", "StreetNamePostModifier")
+
+
+def extract_postal_address(text: str) -> PostalAddress | None:
+    """A complete US street address (number, street, city, state, zip) in what the caller said, or None.
+
+    usaddress (a CRF trained on US addresses) labels the parts; words around the address ("send it to
+    ...", "... please") are left out. An address missing a part is None: the flow asks again rather
+    than ship to half an address.
+    """
+    # As written first (the recogniser's casing and digits); then with number words as digits.
+    spoken = re.sub(r"\b(\d) (?=\d\b)", r"\1", spoken_digits(text))  # "4 8 2 0 1" -> "48201"
+    for candidate, recased in ((text, False), (spoken, True)):
+        address = _tagged_address(candidate, recased)
+        if address:
+            return address
+    return None
+
+
+def _tagged_address(text: str, recased: bool) -> PostalAddress | None:
+    try:
+        parts, _ = usaddress.tag(text)
+    except usaddress.RepeatedLabelError:
+        return None
+    parts = {label: value.strip(" ,.") for label, value in parts.items()}
+    street = " ".join(parts[label] for label in _STREET_PARTS if label in parts)
+    unit = " ".join(parts[label] for label in ("OccupancyType", "OccupancyIdentifier") if label in parts)
+    city, state, zip_code = (parts.get(label, "") for label in ("PlaceName", "StateName", "ZipCode"))
+    if not (parts.get("AddressNumber") and street and city and state and re.fullmatch(r"\d{5}", zip_code)):
+        return None
+    if recased:  # number words made it lower case
+        street, unit, city = street.title(), unit.title(), city.title()
+    return PostalAddress(street, unit, city, state.upper() if len(state) == 2 else state.title(), zip_code)
 
 
 @dataclass(frozen=True)
