@@ -21,7 +21,8 @@ tool names to an adapter kind and its options:
         kind: retail_backoffice
         options: {dsn: "postgresql://shop@crm-db/shop"}   # default: the appliance's database.dsn
 
-Built-in kinds: `retail_backoffice` (services.dialog.tools.retail, PostgreSQL schema `backoffice`).
+Built-in kinds: `retail_backoffice` (services.dialog.tools.retail) and `bank_backoffice`
+(services.dialog.tools.bank), both on the PostgreSQL schema `backoffice`.
 A new kind (an HTTP CRM, a core-banking gRPC API) is a module with `KNOWN_TOOLS` and an async
 `build_tool(name, options, context)` named in ADAPTER_KINDS.
 """
@@ -422,6 +423,7 @@ class ToolRegistry:
 # Adapter kind -> module implementing it (imported when a configuration names the kind).
 ADAPTER_KINDS: dict[str, str] = {
     "retail_backoffice": "services.dialog.tools.retail",
+    "bank_backoffice": "services.dialog.tools.bank",
 }
 
 TOOL_CONFIG_SCHEMA: dict[str, Any] = {

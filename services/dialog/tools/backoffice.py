@@ -288,37 +288,43 @@ Operation = Callable[[psycopg.AsyncConnection, VerifiedSession, dict[str, Any]],
 class BackofficeTool(ToolAdapter):
     """A tool that runs `operation(conn, session, arguments)` as one transaction on the back office.
 
-    The transaction is read-only for a tool that does not mutate, and carries a server-side
-    statement_timeout equal to the tool's timeout, so a query abandoned by a timed-out caller stops
-    on the server too. A mutating tool's preview runs the same operation and rolls it back: every
-    rule is checked and the would-be result shown before the caller is asked to confirm.
+    The transaction is read-only for a tool that does not mutate (unless `writes_audit` says it
+    records an audit entry, such as a verification log, that is not a change of the caller's data),
+    and carries a server-side statement_timeout equal to the tool's timeout, so a query abandoned by
+    a timed-out caller stops on the server too. A mutating tool's preview runs the same operation, or
+    `preview_operation` when what is read back differs from the result, and rolls it back: every
+    rule is checked and the would-be outcome shown before the caller is asked to confirm.
     """
 
     def __init__(self, spec: ToolSpec, store: BackofficeStore, operation: Operation,
-                 breakers: AsyncCircuitBreakerFactory | None = None) -> None:
+                 breakers: AsyncCircuitBreakerFactory | None = None, *,
+                 preview_operation: Operation | None = None, writes_audit: bool = False) -> None:
         super().__init__(spec, breakers)
         self.store = store
         self.operation = operation
+        self.preview_operation = preview_operation
+        self.writes_audit = writes_audit
 
     async def run(self, session: VerifiedSession, arguments: dict[str, Any]) -> Any:
         """Run the operation and commit."""
-        return await self._transaction(session, arguments, commit=True)
+        return await self._transaction(session, arguments, self.operation, commit=True)
 
     async def preview(self, session: VerifiedSession, arguments: dict[str, Any]) -> Any:
-        """Run a mutating operation and roll it back: its result is what confirming would do."""
+        """Run a mutating operation (or its preview operation) and roll it back: what confirming would do."""
         if not self.spec.mutates:
             return None
-        return await self._transaction(session, arguments, commit=False)
+        return await self._transaction(session, arguments, self.preview_operation or self.operation, commit=False)
 
-    async def _transaction(self, session: VerifiedSession, arguments: dict[str, Any], commit: bool) -> Any:
+    async def _transaction(self, session: VerifiedSession, arguments: dict[str, Any], operation: Operation,
+                           commit: bool) -> Any:
         timeout_ms = math.ceil(self.spec.timeout_s * 1000)
         try:
             async with self.store.pool.connection(timeout=self.spec.timeout_s) as conn:
                 async with conn.transaction():
-                    if not self.spec.mutates:
+                    if not (self.spec.mutates or self.writes_audit):
                         await conn.execute("SET TRANSACTION READ ONLY")
                     await conn.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(sql.Literal(f"{timeout_ms}ms")))
-                    result = await self.operation(conn, session, arguments)
+                    result = await operation(conn, session, arguments)
                     if not commit:
                         raise psycopg.Rollback()
                 return result
