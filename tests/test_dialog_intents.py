@@ -115,6 +115,13 @@ HELD_OUT = {
         "i need to cancel my card because it's missing",
         "please freeze my card it was stolen last night",
     ],
+    "card_transactions": [
+        "what were my last five card payments",
+        "can you read out the recent charges on my credit card",
+        "I want to hear what has been charged to my card lately",
+        "go through the latest transactions on my gold card with me",
+        "which purchases went through on my card this week",
+    ],
     "book_appointment": [
         "could I book a time to talk to a mortgage adviser",
         "i want to make an appointment at my local branch",

@@ -345,6 +345,37 @@ def command_eval_retail(args) -> int:
     return 0
 
 
+def command_eval_banking(args) -> int:
+    """Play tau2-bench banking tasks as text calls on the running dialog's bank line; print the summary."""
+    from services.appliance.supervisor import appliance_dsn
+    from services.dialog.evaluation import evaluate_banking, load_banking_tasks
+
+    settings = _settings(args)
+    try:
+        tasks = load_banking_tasks(args.tasks)
+    except ValueError as err:
+        raise CliError(str(err), EXIT_BAD_INPUT) from None
+    tasks = tasks[: args.limit] if args.limit else tasks
+    db_json = Path(args.db) if args.db else Path(args.tasks).resolve().parent / "db.json"
+    if not db_json.is_file():
+        raise CliError(f"no bank export at {db_json}: pass --db PATH to the bank's db.json", EXIT_BAD_INPUT)
+    _require_services(settings, ("dialog",))
+    try:
+        dsn = appliance_dsn(settings, purpose="evaluate against")
+    except ConfigError as err:
+        raise CliError(str(err), EXIT_UNAVAILABLE) from None
+
+    def progress(row: dict) -> None:
+        if not args.json:
+            mark = "--  " if not row["scored"] else ("ok  " if row["success"] else "FAIL")
+            print(f"{mark} {row['task']}: {row['turns']:>2} turns, {row['ended']}, actions {row['dialog_actions']} "
+                  f"(gold {row['gold_actions']}){' LEAK ' + str(row['leaks']) if row['leaks'] else ''}", flush=True)
+
+    report = asyncio.run(evaluate_banking(tasks, settings.dialog.endpoint.target, dsn, db_json, progress))
+    print(json.dumps(report if args.json else report["summary"], indent=2))
+    return 0
+
+
 def command_audit_verify(args) -> int:
     """Recompute the dialog's hash-chained audit; print the verdict as JSON (exit 1 when broken)."""
     from services.dialog.records import main as records_main
@@ -429,6 +460,13 @@ def build_parser() -> argparse.ArgumentParser:
     retail.add_argument("--limit", type=int, help="only the first N tasks")
     retail.add_argument("--json", action="store_true", help="print the summary and one row per task as JSON")
     retail.set_defaults(handler=command_eval_retail)
+    banking = with_config(eval_sub.add_parser("banking", help="tau2-bench banking tasks (scenario + gold actions), "
+                                                               "played on the dialog's bank line"))
+    banking.add_argument("tasks", help="task folder, e.g. ../shared/data/kb/banking/tasks")
+    banking.add_argument("--db", help="the bank's db.json, loaded before each task (default: beside the task folder)")
+    banking.add_argument("--limit", type=int, help="only the first N tasks")
+    banking.add_argument("--json", action="store_true", help="print the summary and one row per task as JSON")
+    banking.set_defaults(handler=command_eval_banking)
     audit = sub.add_parser("audit", help="the dialog's append-only, hash-chained audit")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
     verify = with_config(audit_sub.add_parser("verify", help="check every audit row's hash and link"))

@@ -22,7 +22,9 @@ from services.dialog.records import CallRecords
 from services.dialog.router import ServiceLine, TurnRouter
 from services.dialog.servicer import DialogServicer
 from services.dialog.tools.backoffice import BackofficeStore, load_demo_if_empty
+from services.dialog.bank_flows import BANK_FLOWS
 from services.dialog.retail_flows import RETAIL_FLOWS
+from services.dialog.tools.bank import bank_registry
 from services.dialog.tools.retail import retail_registry
 from services.kit.channels import open_channel
 from services.kit.config import QuietLineSettings
@@ -52,7 +54,8 @@ async def setup(server: grpc.aio.Server, settings: QuietLineSettings) -> list[st
     llm = LlmClient.from_settings(settings.llm)
     _resources.update(channel=channel, llm=llm)
     answerer = TurnAnswerer(settings, knowledge_pb2_grpc.KnowledgeStub(channel), llm)
-    lines = {"retail": ServiceLine(RETAIL_FLOWS, retail_registry(store))}
+    lines = {"retail": ServiceLine(RETAIL_FLOWS, retail_registry(store)),
+             "bank": ServiceLine(BANK_FLOWS, bank_registry(store))}
     router = TurnRouter(settings, answerer, policy, classifier, lines, records)
     dialog_pb2_grpc.add_DialogServicer_to_server(DialogServicer(router), server)
     return [dialog_pb2.DESCRIPTOR.services_by_name["Dialog"].full_name]

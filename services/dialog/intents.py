@@ -53,7 +53,7 @@ OUT_OF_SCOPE = "out_of_scope"
 # The flows and the FAQ route the classifier chooses between; out_of_scope is trained as a class too.
 TASK_INTENTS = (
     "order_status", "cancel_order", "return_items", "exchange_items", "change_address",
-    "card_lost_stolen", "book_appointment", "account_question", OUT_OF_SCOPE,
+    "card_lost_stolen", "card_transactions", "book_appointment", "account_question", OUT_OF_SCOPE,
 )
 # Fewer examples than this cannot describe how differently callers say one thing.
 MIN_TASK_EXAMPLES = 5
