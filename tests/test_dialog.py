@@ -313,3 +313,35 @@ def test_extractive_answer_picks_the_best_sentences_without_markup():
 
     assert extractive_answer("Who won the football yesterday?", PASSAGES, 2) is None
     assert len(extractive_answer("card freeze cancel replacement", PASSAGES, 1).sentences) == 1
+
+
+@pytest.fixture(scope="module")
+def dialog_with_line_collections(dialog_config, knowledge_service, state_dir, database_dsn):
+    """A dialog whose bank line is answered from a collection of its own, which holds nothing."""
+    config = yaml.safe_load(dialog_config.read_text())
+    config["dialog"] = {"endpoint": {"port": free_port(), "metrics_port": free_port()}, "search_timeout_s": 10.0,
+                        "llm_deadline_s": 0.01, "line_collections": {"bank": ["bank-kb-not-loaded"]}}
+    folder = state_dir / "dialog-line-collections"
+    folder.mkdir(exist_ok=True)
+    service = start_service("dialog", write_config(folder / "services.yaml", config),
+                            extra_env={"QUIETLINE_DATABASE__DSN": database_dsn})
+    yield service
+    assert service.stop() == 0, service.log()
+
+
+async def test_each_service_line_is_answered_from_its_own_collections(dialog_with_line_collections):
+    channel = open_channel(dialog_with_line_collections.target, default_deadline_s=60.0)
+    stub = dialog_pb2_grpc.DialogStub(channel)
+    try:
+        default_line = await turn(stub, turn_request(LOST_CARD_QUESTION, "test-line-default"))
+        bank_request = turn_request(LOST_CARD_QUESTION, "test-line-bank")
+        bank_request.context.service_line = "bank"
+        bank_line = await turn(stub, bank_request)
+    finally:
+        await channel.close()
+    # The default line searches dialog.knowledge_collections (the sample KB): a cited answer.
+    assert route_of(default_line).route in ("faq", "llm"), default_line
+    assert any(event.say.citations for event in default_line if event.WhichOneof("event") == "say")
+    # The bank line searches only its own collection, which is empty: nothing from the sample KB.
+    assert route_of(bank_line).route not in ("faq", "llm"), bank_line
+    assert not any(event.say.citations for event in bank_line if event.WhichOneof("event") == "say")

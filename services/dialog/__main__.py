@@ -54,8 +54,9 @@ async def setup(server: grpc.aio.Server, settings: QuietLineSettings) -> list[st
     llm = LlmClient.from_settings(settings.llm)
     _resources.update(channel=channel, llm=llm)
     answerer = TurnAnswerer(settings, knowledge_pb2_grpc.KnowledgeStub(channel), llm)
-    lines = {"retail": ServiceLine(RETAIL_FLOWS, retail_registry(store)),
-             "bank": ServiceLine(BANK_FLOWS, bank_registry(store))}
+    collections = settings.dialog.line_collections
+    lines = {"retail": ServiceLine(RETAIL_FLOWS, retail_registry(store), collections.get("retail")),
+             "bank": ServiceLine(BANK_FLOWS, bank_registry(store), collections.get("bank"))}
     router = TurnRouter(settings, answerer, policy, classifier, lines, records)
     dialog_pb2_grpc.add_DialogServicer_to_server(DialogServicer(router), server)
     return [dialog_pb2.DESCRIPTOR.services_by_name["Dialog"].full_name]

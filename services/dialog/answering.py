@@ -355,9 +355,10 @@ class TurnAnswerer:
         self.knowledge = knowledge
         self.llm = llm
 
-    async def answer(self, request: dialog_pb2.TurnRequest, budget_s: float | None = None
-                     ) -> AsyncIterator[dialog_pb2.TurnEvent]:
-        """The events of one turn; `budget_s` is the time left before the caller's deadline (None: none).
+    async def answer(self, request: dialog_pb2.TurnRequest, budget_s: float | None = None,
+                     collections: list[str] | None = None) -> AsyncIterator[dialog_pb2.TurnEvent]:
+        """The events of one turn; `budget_s` is the time left before the caller's deadline (None: none),
+        `collections` the knowledge collections this call may be answered from (None: dialog.knowledge_collections).
 
         Closing the iterator (or cancelling the task consuming it) stops the turn and closes the LLM stream.
         """
@@ -365,7 +366,7 @@ class TurnAnswerer:
         record = _TurnRecord()
         completed = False
         try:
-            async for event in self._events(request, clock, record):
+            async for event in self._events(request, clock, record, collections):
                 if event.HasField("say"):
                     record.sentences += 1
                     if record.first_say_s is None:
@@ -384,8 +385,8 @@ class TurnAnswerer:
                 },
             )
 
-    async def _events(self, request: dialog_pb2.TurnRequest, clock: _TurnClock, record: _TurnRecord
-                      ) -> AsyncIterator[dialog_pb2.TurnEvent]:
+    async def _events(self, request: dialog_pb2.TurnRequest, clock: _TurnClock, record: _TurnRecord,
+                      collections: list[str] | None) -> AsyncIterator[dialog_pb2.TurnEvent]:
         question = " ".join(request.transcript.split())
         dialog = self.settings.dialog
         if not question:
@@ -395,7 +396,7 @@ class TurnAnswerer:
             return
 
         started = time.perf_counter()
-        passages, failure = await self._search(request, question, clock)
+        passages, failure = await self._search(request, question, clock, collections)
         record.search_s = time.perf_counter() - started
         if failure:
             record.route, record.reason = "fallback", failure
@@ -456,7 +457,8 @@ class TurnAnswerer:
         for index, sentence in enumerate(extract.sentences):
             yield say_event(sentence, [citation], end_of_turn=index == len(extract.sentences) - 1)
 
-    async def _search(self, request: dialog_pb2.TurnRequest, question: str, clock: _TurnClock
+    async def _search(self, request: dialog_pb2.TurnRequest, question: str, clock: _TurnClock,
+                      collections: list[str] | None = None
                       ) -> tuple[list[knowledge_pb2.Passage], str]:
         """The passages for the question, or ([], a reason code) when the search failed."""
         timeout = clock.remaining(self.settings.dialog.search_timeout_s)
@@ -464,7 +466,7 @@ class TurnAnswerer:
             return [], "no time for knowledge search"
         search = knowledge_pb2.SearchRequest(
             call=request.call, query=question, top_k=self.settings.knowledge.top_k,
-            collections=self.settings.dialog.knowledge_collections,
+            collections=self.settings.dialog.knowledge_collections if collections is None else collections,
         )
         try:
             reply = await self.knowledge.Search(search, timeout=timeout)

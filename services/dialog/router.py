@@ -71,6 +71,8 @@ class ServiceLine:
 
     flows: LineFlows
     tools: ToolRegistry
+    # The knowledge collections this line's callers are answered from (None: dialog.knowledge_collections).
+    collections: list[str] | None = None
 
 
 @dataclass
@@ -291,7 +293,7 @@ class TurnRouter:
                 yield event
             return
         # Everything else, in scope or not, may be in the knowledge base; a miss is a no-match turn.
-        answer = self.answerer.answer(request, budget_s)
+        answer = self.answerer.answer(request, budget_s, memory.line.collections)
         try:
             first = await anext(answer, None)
             if first is not None and first.route.route == "fallback" and first.route.reason in NO_MATCH_REASONS:

@@ -209,6 +209,9 @@ class DialogSettings(_Section):
     transfer_target: str = "agents"
     # Knowledge collections this line's callers may be answered from; empty: knowledge.default_collection.
     knowledge_collections: list[str] = Field(default_factory=list)
+    # Knowledge collections per service line ("bank": ["bank"]); a line not named here uses
+    # knowledge_collections.
+    line_collections: dict[str, list[str]] = Field(default_factory=dict)
     # The operator's policy file (disclosure, escalation rules, topics never answered); "" is the
     # default policy, services/dialog/policy.yaml.
     policy_file: str = ""
