@@ -161,6 +161,23 @@ async def test_wrong_details_never_verify_and_end_with_a_colleague(dialog, bank,
     assert briefing and briefing["reason"] == "verification failed" and briefing["verified_customer"] is None
 
 
+async def test_an_account_request_no_flow_serves_is_verified_then_handed_over(dialog, bank, export: dict) -> None:
+    kenji = user_named(export, "Kenji Tanaka")
+    call = BankCall(dialog, "bank-handover")
+    said = await call.say("I think some of the cash back rewards on my silver card are wrong")
+    assert "full name" in said and call.transfer() is None
+    said = await call.say(f"Kenji Tanaka, {kenji['phone_number']}, born {kenji['date_of_birth']}")
+    assert "you are verified" in said and "colleague" in said
+    briefing = call.transfer()
+    assert briefing["verified_customer"] == kenji["user_id"] and "account request" in briefing["reason"]
+    assert "cash back rewards" in briefing["caller_request"]  # what the caller wanted, not their details
+
+    # How something works in general is not about the caller's records: no verification for it.
+    general = BankCall(dialog, "bank-general")
+    said = await general.say("How do I check my balance online?")
+    assert "full name" not in said
+
+
 def quietline_eval_banking(config: Path, dsn: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "services.appliance.cli", "eval", "banking", *args,
                            "--config", str(config)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=900,

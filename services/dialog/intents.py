@@ -311,6 +311,21 @@ def _match_language(words: _Words) -> ControlDecision | None:
     return None
 
 
+# "my card was charged twice", "my rewards are wrong", "change the email on my account": the caller's
+# own records, as opposed to how things work in general ("how do I check my balance online?").
+OWN_ACCOUNT = re.compile(
+    r"\b(?:my|our)\s+(?:[\w-]+\s+){0,3}?(?:card|cards|account|accounts|rewards?|balance|statement|statements|"
+    r"transactions?|charges?|payments?|points|cash ?back|credit limit|referrals?|bonus|bonuses|email|e-mail|"
+    r"address|phone number|deposit|paycheck|credit score|subscription)\b", re.IGNORECASE)
+GENERAL_QUESTION = re.compile(r"^\s*(?:how (?:do|can|would|should) i|what (?:is|are) the|where (?:do|can) i|"
+                              r"is it possible|do you (?:offer|have))\b", re.IGNORECASE)
+
+
+def mentions_own_account(text: str) -> bool:
+    """True when the caller talks about their own records rather than asking how something works."""
+    return bool(OWN_ACCOUNT.search(text)) and not GENERAL_QUESTION.search(text)
+
+
 def match_control(text: str) -> ControlDecision:
     """The control intent of one transcript, by rule (no model), or intent "none".
 

@@ -5,8 +5,10 @@ For every turn, the first route that applies answers it:
 1. **control**: nothing said (or noise), or a control intent recognised without any model: a person
    asked for, goodbye, repeat, a language change, and yes/no to a read-back waiting for one;
 2. **policy**: a high-risk topic, frustration or abuse (to a colleague), or a topic never answered;
-3. **flow**: the call's active flow (verification, order status, cancellation), or a new flow the
-   task classifier recognises; a flow that needs a verified caller runs verification first;
+3. **flow**: the call's active flow, or a new flow the task classifier recognises on the call's service
+   line (retail: orders; bank: cards); a flow that needs a verified caller runs verification first. On
+   a line with `account_handover`, a request about the caller's own account that no flow serves is
+   verified, then handed to a colleague with the verified identity in the briefing;
 4. **knowledge**: everything else the classifier places in scope goes to `TurnAnswerer` (retrieval,
    a grounded LLM answer or the extractive one, with citations);
 5. **clarify**: out of scope: ask what the caller needs; after `max_no_match_turns` such turns in a
@@ -33,8 +35,8 @@ from dataclasses import dataclass, field
 
 from quietline.v1 import dialog_pb2
 from services.dialog.answering import NO_SPEECH_PROMPT, TurnAnswerer, route_event, say_event
-from services.dialog.flows import CallState, FlowStep, LineFlows
-from services.dialog.intents import IntentClassifier, match_control
+from services.dialog.flows import CallState, FlowStep, LineFlows, VerifiedHandoverFlow
+from services.dialog.intents import IntentClassifier, match_control, mentions_own_account
 from services.dialog.policy import PolicyRules
 from services.dialog.records import CallRecords
 from services.dialog.slots import parse_dtmf
@@ -85,6 +87,7 @@ class CallMemory:
     resume_after_verification: tuple[object, str] | None = None  # (flow, the request that started it)
     last_said: str = ""
     last_heard: str = ""  # the caller's last words: for the colleague's briefing only (never logged)
+    request: str = ""  # the words that started the current task: for the briefing only (never logged)
     empty_turns: int = 0
     no_match_turns: int = 0
     disclosed: bool = False
@@ -277,19 +280,23 @@ class TurnRouter:
         flows, tools = memory.line.flows, memory.line.tools
         if task in flows.tasks and NEGATED_REQUEST.search(text):
             task = "account_question"  # talked about, not asked for: let the knowledge base answer
-        if task in flows.tasks:
+        handover = (flows.account_handover and task not in flows.tasks and task != "out_of_scope"
+                    and mentions_own_account(text))
+        if task in flows.tasks or handover:
+            label = f"{task}, no flow: verified handover" if handover else task
             memory.no_match_turns = 0
-            flow = flows.tasks[task](tools)
+            memory.request = utterance
+            flow = VerifiedHandoverFlow(tools) if handover else flows.tasks[task](tools)
             if memory.state.session.level < VerificationLevel.VERIFIED:
                 memory.resume_after_verification = (flow, utterance)
                 memory.flow = flows.verification(tools)
-                yield route_event("flow", f"{task}: verification first")
+                yield route_event("flow", f"{label}: verification first")
                 step = await memory.flow.step(memory.state, utterance)
                 async for event in self._flow_events(memory, record, step, opening=memory.flow.opening()):
                     yield event
                 return
             memory.flow = flow
-            async for event in self._continue_flow(memory, record, utterance, intent, announce=f"{task}"):
+            async for event in self._continue_flow(memory, record, utterance, intent, announce=label):
                 yield event
             return
         # Everything else, in scope or not, may be in the knowledge base; a miss is a no-match turn.
@@ -377,6 +384,7 @@ class TurnRouter:
             "intent": memory.intent or None,
             "reason": reason,
             "routes_tried": memory.routes[-6:],
+            "caller_request": memory.request or None,
             "caller_said_last": memory.last_heard or None,
             "last_said_by_assistant": memory.last_said or None,
             "suggested_next_step": _next_step(reason, memory.intent),
