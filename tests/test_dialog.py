@@ -345,3 +345,61 @@ async def test_each_service_line_is_answered_from_its_own_collections(dialog_wit
     # The bank line searches only its own collection, which is empty: nothing from the sample KB.
     assert route_of(bank_line).route not in ("faq", "llm"), bank_line
     assert not any(event.say.citations for event in bank_line if event.WhichOneof("event") == "say")
+
+
+@pytest.fixture(scope="module")
+def large_llm_server(dialog_config, state_dir):
+    """A second llama.cpp server standing for the large tier (the same small model: the tier choice is
+    under test, not the model)."""
+    config = yaml.safe_load(dialog_config.read_text())
+    config["llm"]["port"] = free_port()
+    folder = state_dir / "dialog-large-tier"
+    folder.mkdir(exist_ok=True)
+    server = start_service("llm", write_config(folder / "services.yaml", config))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def dialog_with_tiers(dialog_config, knowledge_service, llm_server, large_llm_server, state_dir, database_dsn):
+    config = yaml.safe_load(dialog_config.read_text())
+    config["llm"]["tiers"] = {"large": {"port": large_llm_server.entry.port}}
+    config["dialog"] = {"endpoint": {"port": free_port(), "metrics_port": free_port()}, "search_timeout_s": 10.0,
+                        "llm_deadline_s": 40.0, "complex_tier": "large", "complex_turn_words": 12,
+                        "complex_tier_min_budget_s": 20.0}
+    folder = state_dir / "dialog-tiers"
+    folder.mkdir(exist_ok=True)
+    service = start_service("dialog", write_config(folder / "services.yaml", config),
+                            extra_env={"QUIETLINE_DATABASE__DSN": database_dsn})
+    yield service
+    assert service.stop() == 0, service.log()
+
+
+def prompt_tokens(server) -> float:
+    """llama.cpp's prompt tokens processed so far (its /metrics counter)."""
+    text = httpx.get(f"http://{server.target}/metrics", timeout=10.0).text
+    return sum(float(line.split()[-1]) for line in text.splitlines()
+               if line.startswith("llamacpp:prompt_tokens_total"))
+
+
+async def test_complex_turns_go_to_the_large_tier_when_the_budget_allows(dialog_with_tiers, llm_server,
+                                                                         large_llm_server):
+    complex_question = ("I lost my debit card on holiday and I also want to know the difference between "
+                        "freezing it and cancelling it, which one is better?")
+    channel = open_channel(dialog_with_tiers.target, default_deadline_s=90.0)
+    stub = dialog_pb2_grpc.DialogStub(channel)
+    used = []
+    try:
+        for question, timeout in ((LOST_CARD_QUESTION, 90.0), (complex_question, 90.0), (complex_question, 15.0)):
+            before = prompt_tokens(llm_server), prompt_tokens(large_llm_server)
+            events = await turn(stub, turn_request(question, f"test-tier-{len(used)}"), timeout=timeout)
+            after = prompt_tokens(llm_server), prompt_tokens(large_llm_server)
+            used.append(("fast" if after[0] > before[0] else "") + ("large" if after[1] > before[1] else ""))
+            decision = route_of(events)
+            if decision.route == "llm":  # the reason names the tier and why (a faq answer names why not)
+                assert f"tier {used[-1]}" in decision.reason, decision
+    finally:
+        await channel.close()
+    # A short question: the fast tier. A comparison with time to spare: the large tier. The same
+    # comparison with 15 s left (under complex_tier_min_budget_s): the fast tier again.
+    assert used == ["fast", "large", "fast"]

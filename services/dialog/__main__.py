@@ -52,8 +52,10 @@ async def setup(server: grpc.aio.Server, settings: QuietLineSettings) -> list[st
     _resources["store"] = store
     channel = open_channel(settings.knowledge.endpoint.target, settings.default_rpc_deadline_s)
     llm = LlmClient.from_settings(settings.llm)
-    _resources.update(channel=channel, llm=llm)
-    answerer = TurnAnswerer(settings, knowledge_pb2_grpc.KnowledgeStub(channel), llm)
+    # One client per further tier (dialog.complex_tier answers complex turns with one of them).
+    tiers = {name: LlmClient.from_settings(endpoint) for name, endpoint in settings.llm.tiers.items()}
+    _resources.update(channel=channel, llm=llm, tiers=tiers)
+    answerer = TurnAnswerer(settings, knowledge_pb2_grpc.KnowledgeStub(channel), llm, tiers)
     collections = settings.dialog.line_collections
     lines = {"retail": ServiceLine(RETAIL_FLOWS, retail_registry(store), collections.get("retail")),
              "bank": ServiceLine(BANK_FLOWS, bank_registry(store), collections.get("bank"))}
@@ -63,9 +65,11 @@ async def setup(server: grpc.aio.Server, settings: QuietLineSettings) -> list[st
 
 
 async def teardown() -> None:
-    """Close the LLM client, the knowledge channel, the back office and the call records."""
+    """Close the LLM clients, the knowledge channel, the back office and the call records."""
     if llm := _resources.pop("llm", None):
         await llm.aclose()
+    for tier_client in _resources.pop("tiers", {}).values():
+        await tier_client.aclose()
     if channel := _resources.pop("channel", None):
         await channel.close()
     for name in ("store", "records"):

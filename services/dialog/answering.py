@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import grpc
 
 from quietline.v1 import common_pb2, dialog_pb2, knowledge_pb2, knowledge_pb2_grpc
-from services.kit.config import QuietLineSettings
+from services.kit.config import ConfigError, DialogSettings, QuietLineSettings
 from services.kit.metrics import ERRORS
 from services.kit.text import split_sentences
 from services.llm.client import LlmClient, LlmFailure
@@ -346,14 +346,47 @@ class _TurnRecord:
     sentences: int = 0
 
 
+# Words that make a turn a comparison or a several-part request, which the small model handles worst.
+COMPLEX_CUES = re.compile(r"\b(?:compare|comparison|difference between|differences|versus|vs|which (?:one )?is better|"
+                          r"pros and cons|as well as|and also|both)\b", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class TierChoice:
+    """The LLM tier a turn is answered with, and why (recorded in the turn's route reason)."""
+
+    tier: str
+    why: str
+
+
+def choose_tier(question: str, budget_s: float, default_tier: str, dialog: DialogSettings) -> TierChoice:
+    """The default (small, fast) tier, unless the turn is complex and the budget left allows the complex tier."""
+    if not dialog.complex_tier:
+        return TierChoice(default_tier, "one tier")
+    words = len(question.split())
+    complex_turn = (words >= dialog.complex_turn_words or question.count("?") >= 2
+                    or bool(COMPLEX_CUES.search(question)))
+    if not complex_turn:
+        return TierChoice(default_tier, "simple turn")
+    if budget_s < dialog.complex_tier_min_budget_s:
+        return TierChoice(default_tier, "complex turn, no time for the complex tier")
+    return TierChoice(dialog.complex_tier, "complex turn")
+
+
 class TurnAnswerer:
     """Answers caller turns with the knowledge service and the LLM; one instance serves all calls."""
 
     def __init__(self, settings: QuietLineSettings, knowledge: knowledge_pb2_grpc.KnowledgeStub,
-                 llm: LlmClient) -> None:
+                 llm: LlmClient, tiers: dict[str, LlmClient] | None = None) -> None:
+        """`llm` serves the default tier; `tiers` the further ones by name (dialog.complex_tier among them)."""
         self.settings = settings
         self.knowledge = knowledge
         self.llm = llm
+        self.tiers = {settings.llm.tier: llm, **(tiers or {})}
+        complex_tier = settings.dialog.complex_tier
+        if complex_tier and complex_tier not in self.tiers:
+            raise ConfigError(f"dialog.complex_tier '{complex_tier}' is not an LLM tier: use one of "
+                              f"{', '.join(self.tiers)}, or add it under llm.tiers")
 
     async def answer(self, request: dialog_pb2.TurnRequest, budget_s: float | None = None,
                      collections: list[str] | None = None) -> AsyncIterator[dialog_pb2.TurnEvent]:
@@ -418,8 +451,9 @@ class TurnAnswerer:
         else:
             started = time.perf_counter()
             spoken = 0
+            choice = choose_tier(question, llm_budget, self.settings.llm.tier, dialog)
             reason = "llm gave no answer"
-            sentences = self._generated_sentences(question, passages, llm_budget, language)
+            sentences = self._generated_sentences(question, passages, llm_budget, language, choice.tier)
             try:
                 async for sentence, is_last in sentences:
                     verdict = check_grounding(sentence, passages, question, dialog.grounding_min_overlap,
@@ -428,7 +462,7 @@ class TurnAnswerer:
                         reason = f"llm output not grounded ({verdict.reason})"
                         break
                     if spoken == 0:
-                        record.route, record.reason = "llm", "grounded answer"
+                        record.route, record.reason = "llm", f"grounded answer (tier {choice.tier}: {choice.why})"
                         yield route_event(record.route, record.reason)
                     spoken += 1
                     final = is_last or spoken >= dialog.max_answer_sentences
@@ -476,7 +510,7 @@ class TurnAnswerer:
         return list(reply.passages), ""
 
     async def _generated_sentences(self, question: str, passages: Sequence[knowledge_pb2.Passage],
-                                   deadline_s: float, language: str) -> AsyncIterator[tuple[str, bool]]:
+                                   deadline_s: float, language: str, tier: str) -> AsyncIterator[tuple[str, bool]]:
         """Complete sentences of the LLM's answer (as generated) as they form, each with an "is the last" flag.
 
         A sentence is complete when the next one starts or the stream ends. Raises LlmFailure (kind
@@ -485,7 +519,7 @@ class TurnAnswerer:
         """
         llm, dialog = self.settings.llm, self.settings.dialog
         prompt = build_prompt(question, passages[:dialog.prompt_passages], dialog.prompt_passage_words)
-        deltas = self.llm.stream_chat(
+        deltas = self.tiers[tier].stream_chat(
             prompt, max_tokens=llm.max_tokens, temperature=llm.temperature,
             deadline_s=deadline_s, stop=PROMPT_STOP_SEQUENCES,
         )

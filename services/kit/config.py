@@ -209,6 +209,12 @@ class DialogSettings(_Section):
     transfer_target: str = "agents"
     # Knowledge collections this line's callers may be answered from; empty: knowledge.default_collection.
     knowledge_collections: list[str] = Field(default_factory=list)
+    # The LLM tier for complex turns (a key of llm.tiers, e.g. "large"); "" answers every turn with the
+    # default tier. A turn is complex when it is long (complex_turn_words or more words), asks more than
+    # one thing, or compares; it gets the complex tier only with complex_tier_min_budget_s still left.
+    complex_tier: str = ""
+    complex_turn_words: int = Field(default=25, ge=1)
+    complex_tier_min_budget_s: float = Field(default=1.5, ge=0)
     # Knowledge collections per service line ("bank": ["bank"]); a line not named here uses
     # knowledge_collections.
     line_collections: dict[str, list[str]] = Field(default_factory=dict)
