@@ -20,6 +20,7 @@ from services.dialog.intents import IntentClassifier
 from services.dialog.policy import PolicyRules
 from services.dialog.records import CallRecords
 from services.dialog.router import ServiceLine, TurnRouter
+from services.dialog.tool_route import LlmToolRoute
 from services.dialog.servicer import DialogServicer
 from services.dialog.tools.backoffice import BackofficeStore, load_demo_if_empty
 from services.dialog.bank_flows import BANK_FLOWS
@@ -59,7 +60,8 @@ async def setup(server: grpc.aio.Server, settings: QuietLineSettings) -> list[st
     collections = settings.dialog.line_collections
     lines = {"retail": ServiceLine(RETAIL_FLOWS, retail_registry(store), collections.get("retail")),
              "bank": ServiceLine(BANK_FLOWS, bank_registry(store), collections.get("bank"))}
-    router = TurnRouter(settings, answerer, policy, classifier, lines, records)
+    tool_route = LlmToolRoute(llm, settings.dialog.llm_deadline_s)
+    router = TurnRouter(settings, answerer, policy, classifier, lines, records, tool_route)
     dialog_pb2_grpc.add_DialogServicer_to_server(DialogServicer(router), server)
     return [dialog_pb2.DESCRIPTOR.services_by_name["Dialog"].full_name]
 

@@ -95,26 +95,12 @@ def merged_steps(step: FlowStep, other: FlowStep) -> FlowStep:
     return other
 
 
-class VerifiedHandoverFlow:
-    """For a request about the caller's own account that no flow serves: once verification has passed,
-    hand the caller to a colleague, whose briefing then carries the verified identity and the request."""
-
-    name = "verified_handover"
-    needs_verification = True
-
-    def __init__(self, registry: ToolRegistry) -> None:
-        self.registry = registry
-
-    async def step(self, state: CallState, utterance: str, control: str = "none") -> FlowStep:
-        return FlowStep("I cannot do that myself, but a colleague can, and they will see that you are verified.",
-                        done=True, escalate="verified caller's account request: no flow serves it")
-
-
 @dataclass(frozen=True)
 class LineFlows:
     """The flows one service line offers: how its callers are verified, a flow class per task intent,
     and whether requests about the caller's own account that no flow serves are verified and handed
-    to a colleague (`VerifiedHandoverFlow`) rather than answered from the knowledge base."""
+    to a colleague (services.dialog.tool_route.AccountRequestFlow: a read-only tool the LLM chooses,
+    else a colleague) rather than answered from the knowledge base."""
 
     verification: type
     tasks: dict[str, type]

@@ -8,7 +8,8 @@ For every turn, the first route that applies answers it:
 3. **flow**: the call's active flow, or a new flow the task classifier recognises on the call's service
    line (retail: orders; bank: cards); a flow that needs a verified caller runs verification first. On
    a line with `account_handover`, a request about the caller's own account that no flow serves is
-   verified, then handed to a colleague with the verified identity in the briefing;
+   verified, then answered from a read-only tool the LLM chooses under a JSON-schema constraint
+   (services.dialog.tool_route), else handed to a colleague with the verified identity in the briefing;
 4. **knowledge**: everything else the classifier places in scope goes to `TurnAnswerer` (retrieval,
    a grounded LLM answer or the extractive one, with citations);
 5. **clarify**: out of scope: ask what the caller needs; after `max_no_match_turns` such turns in a
@@ -35,11 +36,12 @@ from dataclasses import dataclass, field
 
 from quietline.v1 import dialog_pb2
 from services.dialog.answering import NO_SPEECH_PROMPT, TurnAnswerer, route_event, say_event
-from services.dialog.flows import CallState, FlowStep, LineFlows, VerifiedHandoverFlow
+from services.dialog.flows import CallState, FlowStep, LineFlows
 from services.dialog.intents import IntentClassifier, match_control, mentions_own_account
 from services.dialog.policy import PolicyRules
 from services.dialog.records import CallRecords
 from services.dialog.slots import parse_dtmf
+from services.dialog.tool_route import AccountRequestFlow, LlmToolRoute
 from services.dialog.tools.adapter import ToolRegistry, VerificationLevel
 from services.kit.config import QuietLineSettings
 from services.kit.metrics import ERRORS, STAGE_LATENCY
@@ -113,7 +115,8 @@ class TurnRouter:
     """Routes every caller turn; one instance serves all calls of a dialog process."""
 
     def __init__(self, settings: QuietLineSettings, answerer: TurnAnswerer, policy: PolicyRules,
-                 classifier: IntentClassifier, lines: dict[str, ServiceLine], records: CallRecords) -> None:
+                 classifier: IntentClassifier, lines: dict[str, ServiceLine], records: CallRecords,
+                 tool_route: LlmToolRoute | None = None) -> None:
         if settings.dialog.line not in lines:
             raise ValueError(f"dialog.line {settings.dialog.line!r} is not a line this dialog offers "
                              f"({', '.join(sorted(lines))}): set dialog.line to one of them")
@@ -123,6 +126,7 @@ class TurnRouter:
         self.classifier = classifier
         self.lines = lines
         self.records = records
+        self.tool_route = tool_route
         self.calls: OrderedDict[str, CallMemory] = OrderedDict()
 
     def _memory(self, call_id: str, service_line: str) -> CallMemory:
@@ -283,10 +287,10 @@ class TurnRouter:
         handover = (flows.account_handover and task not in flows.tasks and task != "out_of_scope"
                     and mentions_own_account(text))
         if task in flows.tasks or handover:
-            label = f"{task}, no flow: verified handover" if handover else task
+            label = f"{task}, no flow: account request" if handover else task
             memory.no_match_turns = 0
             memory.request = utterance
-            flow = VerifiedHandoverFlow(tools) if handover else flows.tasks[task](tools)
+            flow = AccountRequestFlow(tools, self.tool_route) if handover else flows.tasks[task](tools)
             if memory.state.session.level < VerificationLevel.VERIFIED:
                 memory.resume_after_verification = (flow, utterance)
                 memory.flow = flows.verification(tools)
