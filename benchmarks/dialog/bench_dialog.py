@@ -1,4 +1,5 @@
-"""Dialog benchmark: retail tasks as text calls, per-route turn latency, deadlines met; intents and redaction.
+"""Dialog benchmark: retail and banking tasks as text calls, per-route turn latency, deadlines met; intents
+and redaction.
 
 Starts the real llm, knowledge and dialog services (the supervisor, cpu profile), loads the tau-bench
 retail export into the back office, and plays the retail tasks (../shared/data/retail/tasks_dev.json,
@@ -8,6 +9,10 @@ scripted caller, twice in the same run: with the LLM route as configured (cpu pr
 success rate, tool precision/recall, turns per task, turn latency per route (p50/p95) and how often
 the first words came within the turn deadline (`--deadline-ms`, the architecture's 300 ms on a GPU;
 the cpu profile measures what it can do).
+
+The banking tasks (../shared/data/kb/banking/tasks, tau2-bench) are played on the dialog's bank line in
+the same two stacks (`services.dialog.evaluation.evaluate_banking`), with the bank's 698 documents
+ingested into the knowledge collection "bank", which the bank line answers from.
 
 Intent accuracy (BANKING77, CLINC150 out-of-scope) comes from bench_intents.py and redaction from
 redaction_eval.py; their latest results are copied in when present. Prints JSON and writes --out.
@@ -33,14 +38,17 @@ from latency_stats import percentiles  # noqa: E402
 
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 RETAIL = SHARED_DATA / "retail"
+BANK = SHARED_DATA / "kb" / "banking"
 RESULTS = REPO_ROOT / "benchmarks" / "results"
 BENCH_PORT_BASE = 56960
 
 
-async def run_tasks(settings, config: Path, tasks: list[dict], label: str) -> dict:
+async def run_tasks(settings, config: Path, tasks: list[dict], bank_tasks: list[dict], label: str) -> tuple[dict, dict]:
     from services.appliance.supervisor import Supervisor
-    from services.dialog.evaluation import evaluate_retail
+    from services.dialog.evaluation import evaluate_banking, evaluate_retail
     from services.dialog.tools.backoffice import load_retail
+    from services.knowledge.client import ingest_documents
+    from services.knowledge.documents import read_documents_report
 
     supervisor = Supervisor(settings, config, only=("llm", "knowledge", "dialog"))
     started = time.perf_counter()
@@ -52,9 +60,18 @@ async def run_tasks(settings, config: Path, tasks: list[dict], label: str) -> di
         report = await evaluate_retail(tasks, settings.dialog.endpoint.target, dsn,
                                        lambda row: print(f"[{label}] task {row['task']}: success={row['success']} "
                                                          f"turns={row['turns']} {row['ended']}", file=sys.stderr))
+        started = time.perf_counter()
+        documents = read_documents_report(BANK / "documents", "bank").documents
+        counts = await ingest_documents(settings.knowledge.endpoint.target, documents)
+        print(f"[{label}] bank KB: {counts.documents_added} documents, {counts.chunks_written} chunks in "
+              f"{time.perf_counter() - started:.0f} s", file=sys.stderr)
+        bank_report = await evaluate_banking(
+            bank_tasks, settings.dialog.endpoint.target, dsn, BANK / "db.json",
+            lambda row: print(f"[{label}] {row['task']}: success={row['success']} turns={row['turns']} "
+                              f"{row['ended']} {row['dialog_actions']}", file=sys.stderr))
     finally:
         await asyncio.to_thread(supervisor.down)
-    return report
+    return report, bank_report
 
 
 def latency_by_route(rows: list[dict], deadline_ms: float) -> dict:
@@ -72,29 +89,34 @@ def latency_by_route(rows: list[dict], deadline_ms: float) -> dict:
 
 async def run_benchmark(args) -> dict:
     from services.appliance.port_plan import config_with_ports, write_config
+    from services.dialog.evaluation import load_banking_tasks
     from services.kit.config import load_settings
 
     tasks = json.loads((RETAIL / "tasks_dev.json").read_text())
     if args.train:
         tasks += json.loads((RETAIL / "tasks_train.json").read_text())[: args.train]
+    bank_tasks = load_banking_tasks(BANK / "tasks")
     report: dict = {
         "benchmark": "dialog",
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0]},
-        "tasks": {"dev": 20, "train": args.train},
+        "tasks": {"dev": 20, "train": args.train, "banking": len(bank_tasks)},
         "note": "turn latency is the whole text turn as the scripted caller sees it (no speech); the time to "
                 "the first words is in the dialog's first_say histogram",
     }
     for label, llm_deadline in (("flows_and_llm", None), ("llm_disabled", 0.01)):
         state = Path(tempfile.mkdtemp(prefix=f"quietline-bench-dialog-{label}-"))
-        extra = {"dialog": {"llm_deadline_s": llm_deadline}} if llm_deadline else {}
+        extra = {"dialog": {"line_collections": {"bank": ["bank"]},
+                            **({"llm_deadline_s": llm_deadline} if llm_deadline else {})}}
         config = write_config(state / "quietline.yaml", config_with_ports(state, BENCH_PORT_BASE, extra))
         settings = load_settings(config)
         try:
-            result = await run_tasks(settings, config, tasks, label)
+            result, bank_result = await run_tasks(settings, config, tasks, bank_tasks, label)
         finally:
             shutil.rmtree(state, ignore_errors=True)
         report[label] = {**result["summary"], **latency_by_route(result["tasks"], args.deadline_ms),
                          "rows": result["tasks"]}
+        report[f"banking_{label}"] = {**bank_result["summary"], **latency_by_route(bank_result["tasks"], args.deadline_ms),
+                                      "rows": bank_result["tasks"]}
     for name in ("dialog_intents", "dialog_redaction"):
         path = RESULTS / f"{name}.json"
         if path.exists():

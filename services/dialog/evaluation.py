@@ -16,8 +16,9 @@ line by a `ScenarioCaller`, against the bank's records freshly loaded before eac
 dialog did is read from the records' changes (a verification logged, a replacement ordered, an
 e-mail changed, anything else changed) and from how the call ended (a transfer, with its reason), and
 compared with the gold actions that are the bank's to take: the customer's own actions (tau2's user
-tools) and tau2's tool-discovery steps (unlock/give) are not the agent's actions on a phone line, so
-a task whose gold is only those is reported as unscored. A task succeeds when every gold action was
+tools) and the agent unlocking its own tools (tau2's discovery step) are not the agent's actions on a
+phone line, so a task whose gold is only those is reported as unscored; giving the customer a tool
+(so they can act themselves) is the agent's action and is kept. A task succeeds when every gold action was
 taken (compared on the gold's `compare_args`, else on all its arguments), nothing else in the records
 changed, and no other customer's details (e-mail, phone number, date of birth, street address) were
 said to the caller.
@@ -196,8 +197,10 @@ def summarise(rows: list[dict]) -> dict[str, Any]:
 
 # --- tau2-bench banking -------------------------------------------------------------------------------
 
-# Gold actions that are tau2's tool discovery, not something the agent does to the customer's records.
-DISCOVERY_ACTIONS = {"unlock_discoverable_agent_tool", "give_discoverable_user_tool"}
+# Gold actions that are tau2's tool discovery (the agent unlocking its own tool before calling it),
+# not something done for the customer. Giving the customer a tool to act themselves is kept: it is
+# the agent's help, and a dialog that did not give it missed it.
+DISCOVERY_ACTIONS = {"unlock_discoverable_agent_tool"}
 # Arguments never compared: free text and the moment of an action.
 UNCOMPARED_ARGUMENTS = {"summary", "time_verified"}
 # The customer details a leak check looks for in what the bot said.
@@ -238,6 +241,9 @@ def gold_bank_actions(task: dict) -> list[dict]:
             # tau2 names discoverable tools with a number ("order_replacement_credit_card_7291").
             name = re.sub(r"_\d+$", "", arguments.get("agent_tool_name", ""))
             arguments = json.loads(arguments.get("arguments") or "{}")
+        elif name == "give_discoverable_user_tool":
+            name = "give the customer " + re.sub(r"_\d+$", "", arguments.get("discoverable_tool_name", ""))
+            arguments = {}
         compare = action.get("compare_args")
         keys = [key for key in (compare if compare is not None else arguments) if key not in UNCOMPARED_ARGUMENTS]
         gold.append({"name": name, "arguments": {key: arguments.get(key) for key in keys}})
