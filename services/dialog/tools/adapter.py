@@ -21,8 +21,9 @@ tool names to an adapter kind and its options:
         kind: retail_backoffice
         options: {dsn: "postgresql://shop@crm-db/shop"}   # default: the appliance's database.dsn
 
-Built-in kinds: `retail_backoffice` (services.dialog.tools.retail) and `bank_backoffice`
-(services.dialog.tools.bank), both on the PostgreSQL schema `backoffice`.
+Built-in kinds: `retail_backoffice` (services.dialog.tools.retail), `bank_backoffice`
+(services.dialog.tools.bank) and `appointments_backoffice` (services.dialog.tools.appointments: adviser
+appointment booking), all on the PostgreSQL schema `backoffice`.
 A new kind (an HTTP CRM, a core-banking gRPC API) is a module with `KNOWN_TOOLS` and an async
 `build_tool(name, options, context)` named in ADAPTER_KINDS.
 """
@@ -424,6 +425,7 @@ class ToolRegistry:
 ADAPTER_KINDS: dict[str, str] = {
     "retail_backoffice": "services.dialog.tools.retail",
     "bank_backoffice": "services.dialog.tools.bank",
+    "appointments_backoffice": "services.dialog.tools.appointments",
 }
 
 TOOL_CONFIG_SCHEMA: dict[str, Any] = {

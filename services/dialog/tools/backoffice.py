@@ -455,12 +455,13 @@ async def reset(dsn: str) -> str | None:
 
 
 async def clear(dsn: str) -> None:
-    """Empty the back office (retail and bank records) and forget the loaded export."""
+    """Empty the back office (retail and bank records, the appointment calendar) and forget the loaded export."""
     await migrate(dsn, SCHEMA, MIGRATIONS_DIR)
     async with await _connect(dsn) as conn, conn.transaction():
         await _truncate(conn)
         await conn.execute("DELETE FROM backoffice.retail_export")
         await conn.execute("TRUNCATE backoffice.bank_records, backoffice.bank_collections")
+        await conn.execute("TRUNCATE backoffice.appointment_bookings, backoffice.appointment_slots")
 
 
 # --- the bank's customer records (tau2-bench banking db.json) -------------------------------------
