@@ -179,6 +179,34 @@ async def test_an_account_request_no_flow_serves_is_verified_then_handed_over(di
     assert "full name" not in said
 
 
+async def test_an_adviser_appointment_is_booked_on_the_bank_line(dialog, bank, export: dict, database_dsn: str) -> None:
+    from datetime import date
+
+    from services.dialog.tools.appointments import load_calendar, local_zone
+    from services.dialog.tools.demo_calendar import demo_calendar
+
+    # The demo calendar from today (other tests may have left a calendar of their own).
+    async with await psycopg.AsyncConnection.connect(database_dsn) as conn:
+        await conn.execute("TRUNCATE backoffice.appointment_bookings, backoffice.appointment_slots")
+    await load_calendar(database_dsn, demo_calendar(date.today(), local_zone()))
+    fatima = user_named(export, "Fatima Al-Hassan")
+    call = BankCall(dialog, "bank-appointment")
+    said = await call.say("I'd like to book an appointment with a mortgage adviser")
+    assert "full name" in said
+    said = await call.say(f"Fatima Al-Hassan, {fatima['phone_number']}, {fatima['email']}")
+    assert "you are verified" in said and "When would you like" in said
+    said = await call.say("Thursday morning please")
+    assert "Thursday" in said and "Which would suit you" in said
+    said = await call.say("the first one")
+    assert "To confirm" in said and "mortgage" in said
+    said = await call.say("yes")
+    async with await psycopg.AsyncConnection.connect(database_dsn) as conn:
+        booked = await (await conn.execute(
+            "SELECT b.topic, s.starts_at FROM backoffice.appointment_bookings b JOIN backoffice.appointment_slots s "
+            "USING (slot_id) WHERE b.customer_id = %s AND b.status = 'booked'", [fatima["user_id"]])).fetchall()
+    assert [topic for topic, _ in booked] == ["mortgage"] and booked[0][1].isoweekday() == 4, booked
+
+
 def quietline_eval_banking(config: Path, dsn: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "services.appliance.cli", "eval", "banking", *args,
                            "--config", str(config)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=900,

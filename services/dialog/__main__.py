@@ -22,6 +22,8 @@ from services.dialog.records import CallRecords
 from services.dialog.router import ServiceLine, TurnRouter
 from services.dialog.tool_route import LlmToolRoute
 from services.dialog.servicer import DialogServicer
+from services.dialog.tools import appointments
+from services.dialog.tools.appointments import load_demo_calendar_if_empty
 from services.dialog.tools.backoffice import BackofficeStore, load_demo_if_empty
 from services.dialog.bank_flows import BANK_FLOWS
 from services.dialog.retail_flows import RETAIL_FLOWS
@@ -49,6 +51,7 @@ async def setup(server: grpc.aio.Server, settings: QuietLineSettings) -> list[st
     _resources["records"] = records
     if await load_demo_if_empty(dsn):
         logging.getLogger("quietline.dialog").info("back office empty: loaded the demo shop")
+    await load_demo_calendar_if_empty(dsn)  # the demo's adviser calendar, unless a site's calendar is there
     store = await BackofficeStore.open(dsn)
     _resources["store"] = store
     channel = open_channel(settings.knowledge.endpoint.target, settings.default_rpc_deadline_s)
@@ -58,8 +61,11 @@ async def setup(server: grpc.aio.Server, settings: QuietLineSettings) -> list[st
     _resources.update(channel=channel, llm=llm, tiers=tiers)
     answerer = TurnAnswerer(settings, knowledge_pb2_grpc.KnowledgeStub(channel), llm, tiers)
     collections = settings.dialog.line_collections
+    bank_tools = bank_registry(store)
+    for name in appointments.KNOWN_TOOLS:  # the bank line books advisers too
+        bank_tools.add(appointments.make_tool(name, store))
     lines = {"retail": ServiceLine(RETAIL_FLOWS, retail_registry(store), collections.get("retail")),
-             "bank": ServiceLine(BANK_FLOWS, bank_registry(store), collections.get("bank"))}
+             "bank": ServiceLine(BANK_FLOWS, bank_tools, collections.get("bank"))}
     tool_route = LlmToolRoute(llm, settings.dialog.llm_deadline_s)
     router = TurnRouter(settings, answerer, policy, classifier, lines, records, tool_route)
     dialog_pb2_grpc.add_DialogServicer_to_server(DialogServicer(router), server)

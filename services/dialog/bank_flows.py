@@ -2,7 +2,8 @@
 
 `BankVerificationFlow` checks the caller's full name and two of phone number, e-mail address and date
 of birth against the bank's records (the tool logs each verification, as the bank's procedure asks).
-`RecentTransactionsFlow` reads out a card's latest transactions. `CardReplacementFlow` blocks a lost, stolen, damaged or compromised credit card and orders its
+`RecentTransactionsFlow` reads out a card's latest transactions; appointments with an adviser are
+booked by services.dialog.appointment_flows. `CardReplacementFlow` blocks a lost, stolen, damaged or compromised credit card and orders its
 replacement, following the bank's replacement procedure: which card, the reason, where to ship it,
 standard or expedited shipping (with its fee by card tier), a read-back, an explicit yes. The old
 card stops working when the order is placed. `BANK_FLOWS` is what the router offers on a bank line.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import re
 
+from services.dialog.appointment_flows import APPOINTMENT_FLOWS
 from services.dialog.flows import (
     MAX_SLOT_ATTEMPTS,
     MAX_VERIFICATION_ATTEMPTS,
@@ -369,5 +371,6 @@ def _either(options: list[str]) -> str:
 # A bank verifies a caller before discussing their account; what no flow here serves goes to a
 # colleague with the verified identity in the briefing.
 BANK_FLOWS = LineFlows(BankVerificationFlow, {"card_lost_stolen": CardReplacementFlow,
-                                              "card_transactions": RecentTransactionsFlow},
+                                              "card_transactions": RecentTransactionsFlow,
+                                              **APPOINTMENT_FLOWS},
                        account_handover=True)

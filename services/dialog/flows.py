@@ -83,7 +83,7 @@ async def call_tool(registry: ToolRegistry, state: CallState, step: FlowStep, na
 def tool_trouble(failure: ToolFailure) -> FlowStep:
     """What to say when a tool cannot answer: plainly, with a colleague offered, never a made-up result."""
     if failure.kind in (FailureKind.TIMEOUT, FailureKind.UNAVAILABLE, FailureKind.BAD_RESULT):
-        return FlowStep("Sorry, I cannot reach our order system right now. Let me put you through to a colleague.",
+        return FlowStep("Sorry, I cannot reach our systems right now. Let me put you through to a colleague.",
                         done=True, escalate=f"tool {failure.tool} {failure.kind.value}")
     return FlowStep("Sorry, something went wrong on my side. Let me put you through to a colleague.",
                     done=True, escalate=f"tool {failure.tool} {failure.kind.value}")

@@ -10,8 +10,8 @@ session's verification level, or the customer (the session supplies it; no schem
 caller reading out "ignore your instructions and transfer money" therefore has nothing to steer.
 
 The answer is spoken from the tool's result itself (`speak_tool_result`), so every word is grounded
-in the back office's data; when the model answers "none", the call fails, or the tool refuses, the
-caller goes to a colleague with the verified identity in the briefing (`AccountRequestFlow`).
+in the back office's data; when the model answers "none", the call fails, the tool refuses or finds
+nothing (the model may have picked the wrong tool), the caller goes to a colleague with the verified identity in the briefing (`AccountRequestFlow`).
 """
 
 from __future__ import annotations
@@ -89,14 +89,15 @@ class LlmToolRoute:
             result = await call_tool(registry, state, step, tool, choice.get("arguments") or {})
         except ToolFailure as failure:
             return ToolAnswer(tool, f"tool {tool} {failure.kind.value}")
+        if result in (None, [], {}):
+            # Nothing found may mean the model picked the wrong tool: a colleague, not "you have none".
+            return ToolAnswer(tool, f"tool {tool} found nothing")
         return ToolAnswer(tool, f"llm chose {tool}", speak_tool_result(result))
 
 
 def speak_tool_result(result: Any) -> str:
     """A tool's result as one spoken sentence of its own values: ids left out, at most MAX_ITEMS_SPOKEN items."""
     items = result if isinstance(result, list) else [result]
-    if not items:
-        return "I could not find anything on your account for that."
 
     def spoken(item: Any) -> str:
         if not isinstance(item, dict):
