@@ -83,8 +83,9 @@ def parse_scenario(text: str) -> ScenarioFacts:
     facts.urgent = any(word in low for word in URGENT)
     facts.compromised = any(word in low for word in COMPROMISED)
     facts.demands_person = bool(re.search(r"(demand|ask) to (?:be transferred|speak)|transfer(?:red)? to a human", low))
-    facts.lines = [line.strip() for line in QUOTED_LINE.findall(text)
-                   if not line.strip().lower().startswith(("my user id", "okay, i'll hold"))]
+    facts.lines = [match.group(1).strip() for match in QUOTED_LINE.finditer(text)
+                   if not _forbidden(text, match.start())
+                   and not match.group(1).strip().lower().startswith("okay, i'll hold")]
     opening = OPENING_LINE.search(text)
     start = re.search(r"[Ss]tart by (?:saying|mentioning|telling the agent)(?: that)? (?:you )?([^\n.]+)", text)
     seeking = re.search(r"You(?:'re| are) ((?:looking|seeking|calling|trying) (?:for|to) [^.\n]+)", text)
@@ -171,6 +172,12 @@ class ScenarioCaller:
         if "expedited shipping?" in text:
             return "Yes, expedited please." if facts.urgent else "No, standard is fine."
         return None
+
+
+def _forbidden(text: str, quote_start: int) -> bool:
+    """True when the quotation is an example of what the caller must not say ('Do NOT say things like "..."')."""
+    sentence = re.split(r"[.!?\n]", text[max(0, quote_start - 120):quote_start])[-1].lower()
+    return bool(re.search(r"\b(?:not|never|don't|avoid)\b", sentence))
 
 
 def _first(pattern: re.Pattern, text: str) -> str | None:
