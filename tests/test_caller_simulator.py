@@ -251,3 +251,29 @@ def test_realistic_bot_turns():
     # A question the caller has no answer for: it restates its request (and some context), never silence.
     _, said = _talk(20, ["Do you like turtles?"])
     assert "Electric Kettle" in said[0] and "#W6067464" in said[0]
+
+
+def test_option_choices_are_answered_from_the_instructions_own_sentences():
+    # Dev task 1: the bot offers variants; the caller answers with what its instruction says about them
+    # ("whichever is cheaper", then the bookshelf's colour), each sentence once, never an invented choice.
+    mouse = ("The Gaming Mouse with color white comes with connectivity wireless ($12.00) or connectivity wired ($10.00). "
+             "Which option would you like?")
+    shelf = ("The Bookshelf with material glass, height 5 ft comes with color white ($20.00), color brown ($21.00) or "
+             "color black ($22.00). Which option would you like?")
+    _, said = _talk(1, [mouse, shelf, shelf])
+    assert said[0] == "I don't care about wired or not though, whichever is cheaper."
+    assert "color" in said[1] and "color" in said[2] and said[1] != said[2]
+    assert "brown" in said[1] + said[2]
+    # Without choices offered, the request itself is the answer.
+    _, said = _talk(1, ["What would you like instead?"])
+    assert "white mouse" in said[0]
+
+
+def test_a_question_naming_the_order_does_not_ask_for_it_and_own_option_values_are_not_items():
+    # Train task 0: "Which items ... from order #W6067464?" asks for items only.
+    _, said = _talk(20, ["Which items would you like to return from order #W6067464?"])
+    assert "Electric Kettle" in said[0] and "#W6067464" not in said[0]
+    # Train task 496: "compartment camera" is the caller's own option value, not a camera in the read-back.
+    _, said = _talk(516, ["To confirm: in order #W7584328 I will change the Backpack (small, navy, nylon, laptop) for one "
+                          "with color green, material leather, compartment camera ($30.00). Shall I go ahead?"])
+    assert said[0] == sim.CONFIRMED

@@ -44,29 +44,31 @@ def quietline_eval(config: Path, dsn: str, *args: str) -> subprocess.CompletedPr
                           env={**os.environ, **OFFLINE_ENVIRONMENT, "QUIETLINE_DATABASE__DSN": dsn})
 
 
-def test_cancellation_tasks_succeed_and_unsupported_ones_fail_honestly(
+def test_cancel_and_return_tasks_succeed_and_unsupported_ones_fail_honestly(
     dialog_service, eval_config: Path, database_dsn: str, retail_tasks: Path, tmp_path: Path
 ) -> None:
     tasks = json.loads(retail_tasks.read_text())
     cancels = [t for t in tasks if [a["name"] for a in t["actions"]] == ["cancel_pending_order"]][:2]
     returns = [t for t in tasks if [a["name"] for a in t["actions"]] == ["return_delivered_order_items"]][:1]
+    # A payment-method change has no flow: the caller is handed over.
+    payments = [t for t in tasks if t["actions"][0]["name"] == "modify_pending_order_payment"][:1]
     chosen = tmp_path / "tasks.json"
-    chosen.write_text(json.dumps(cancels + returns))
+    chosen.write_text(json.dumps(cancels + returns + payments))
 
     result = quietline_eval(eval_config, database_dsn, str(chosen), "--backoffice",
                             str(retail_tasks.parent / "data"), "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     rows = report["tasks"]
-    assert [row["success"] for row in rows] == [True, True, False], rows
-    for row in rows[:2]:
-        assert row["dialog_tool_calls"] == ["cancel_pending_order"]
+    assert [row["success"] for row in rows] == [True, True, True, False], rows
+    for row, tool in zip(rows[:3], ["cancel_pending_order"] * 2 + ["return_delivered_order_items"]):
+        assert row["dialog_tool_calls"] == [tool]
         assert (row["tool_precision"], row["tool_recall"]) == (1.0, 1.0)
         assert "flow" in row["routes"]
-    # Returns have no flow yet: nothing was changed, so no wrong change either.
-    assert rows[2]["dialog_tool_calls"] == [] and rows[2]["tool_recall"] == 0.0
+    # Nothing was changed, so no wrong change either.
+    assert rows[3]["dialog_tool_calls"] == [] and rows[3]["tool_recall"] == 0.0
     summary = report["summary"]
-    assert summary["tasks"] == 3 and summary["success_rate"] == round(2 / 3, 3)
+    assert summary["tasks"] == 4 and summary["success_rate"] == 0.75
 
 
 def test_a_bad_task_file_is_refused_with_the_fix(eval_config: Path, database_dsn: str, tmp_path: Path) -> None:

@@ -15,7 +15,9 @@ Rules the caller keeps, because the evaluation means nothing otherwise:
   that its instruction does not contain: `_say` checks every utterance and raises `IdLeakError`.
   A leak is a simulator bug to fix, not something to patch over silently.
 - What the rules cannot parse is kept in `CallerFacts.unparsed` (in first person) and read out when
-  the bot asks something the caller has no scripted answer for; nothing is dropped silently.
+  the bot asks something the caller has no scripted answer for; nothing is dropped silently. When the
+  bot offers a choice among options ("wired ($137.22) or wireless ($143.15)?"), the leftover sentence
+  that speaks to it is the answer ("I don't care about wired or not, whichever is cheaper").
 
 Measured on all 520 dev+train instructions (tests/test_caller_simulator.py): the parsed request
 kinds agree with the gold action kinds on 351/351 single-action tasks and on the whole sequence for
@@ -341,7 +343,7 @@ _ASKS = {
     "name": r"(?<!item )(?<!product )(?<!user )\bname\b",
     "zip": r"\bzip\b|zipcode|postal code",
     "identity": r"verify|authenticat|identify you|(?:locate|look up) your (?:account|profile)|confirm your identity",
-    "order": r"order (?:id|number|#)|which order|what order",
+    "order": r"order (?:id|number|#(?!w\d))|which order|what order",  # "order #W123...?" names it, asks nothing
     "items": r"which (?:items?|products?|ones?)\b|what (?:items?|products?)\b|items? (?:would|do) you|items? you(?:'d| would)"
              r"|\band (?:the )?items?\b",
     "options": r"\b(?:new|which|what|preferred) (?:options?|colou?r|size|variant|version|model|capacity|material|type)\b"
@@ -370,6 +372,10 @@ _BYE = re.compile(r"\bgood ?bye\b|\bbye\b|have a (?:great|good|nice|wonderful) (
 _PAY_PREFIX = {"paypal": "paypal_", "credit card": "credit_card_", "gift card": "gift_card_", "website credit": "gift_card_",
                "store credit": "gift_card_"}
 _REASONS = {"no longer needed": "I no longer need it.", "ordered by mistake": "I ordered it by mistake."}
+# Words of a bot's question that say nothing about the choices it offers.
+_COMMON_WORDS = {"the", "with", "comes", "come", "which", "what", "option", "options", "would", "you", "like", "or", "and",
+                 "your", "for", "one", "is", "it", "in", "of", "a", "an", "to", "do", "i", "we", "have", "available",
+                 "please", "that", "this", "these", "are", "can", "new", "order", "item", "items"}
 
 
 def _options(opts: dict[str, str]) -> str:
@@ -474,7 +480,9 @@ class ScriptedCaller:
         if topic == "items":
             return self._items(r) if r.kind in ("cancel", "return", "exchange", "modify_items") else None
         if topic == "options":
-            return self._targets(r) if r.kind in ("exchange", "modify_items") else None
+            if r.kind not in ("exchange", "modify_items"):
+                return None
+            return self._option_choice(t) or self._targets(r)
         if topic == "reason":
             if r.reason:
                 return _REASONS[r.reason]
@@ -490,6 +498,25 @@ class ScriptedCaller:
         if topic == "all_items":
             return self._fire(tw, r) if (tw := self._twist(r, "confirm")) else "Yes, that's all."
         return None
+
+    def _option_choice(self, t: str) -> str | None:
+        """When the bot offers choices ("... wired ($137.22) or wireless ($143.15). Which option?"), the
+        instruction's own sentence about them ("I don't care about wired or not, whichever is cheaper"),
+        said once; None when no leftover sentence speaks to the choices offered."""
+        if " or " not in t:
+            return None
+        product_words = {w for _, p in find_items(t) for name in p.split("|") for w in name.lower().split()}
+        offered = set(re.findall(r"[a-z][a-z-]+", t)) - _COMMON_WORDS - product_words
+        best, best_score = None, 0
+        for sentence in self._context:
+            words = set(re.findall(r"[a-z][a-z-]+", sentence.lower())) - product_words
+            score = len(words & offered) + (1 if "$" in t and re.search(r"\bcheap(?:er|est)\b", sentence, re.IGNORECASE) else 0)
+            if score > best_score:
+                best, best_score = sentence, score
+        if best is None:
+            return None
+        self._context.remove(best)
+        return best + "."
 
     @staticmethod
     def _is_readback(q: str, t: str, asked: list[str]) -> bool:
@@ -527,7 +554,13 @@ class ScriptedCaller:
         if r.reason and re.search(r"no longer needed|ordered by mistake", t) and r.reason not in t:
             return f"the reason is {r.reason}"
         wanted = [_products(i) for i in r.items]
-        found = set().union(*[set(p.split("|")) for _, p in find_items(t)])
+        # Product names inside brackets, or among the caller's own option values ("compartment camera"),
+        # are options, not items.
+        own_values = {v.lower() for c in r.changes for opts in (c.old, c.new or {}) for v in opts.values()}
+        items_text = re.sub(r"\([^)]*\)", " ", t)
+        for value in sorted(own_values, key=len, reverse=True):
+            items_text = re.sub(rf"(?<![\w-]){re.escape(value)}(?![\w-])", " ", items_text)
+        found = set().union(*[set(p.split("|")) for _, p in find_items(items_text)])
         if r.kind in ("return", "exchange", "modify_items") and found and wanted and all(wanted) and \
                 (any(not w & found for w in wanted) or found - set().union(*wanted)):
             return f"the items are {_join(r.items)}"
