@@ -80,9 +80,13 @@ def latency_by_route(rows: list[dict], deadline_ms: float) -> dict:
         for route, turn_ms in zip(row["routes"], row["turn_ms"]):
             by_route.setdefault(route, []).append(turn_ms)
     every = [value for values in by_route.values() for value in values]
+    first = [value for row in rows for value in row.get("first_say_ms", []) if value is not None]
     return {
         "turn_ms_by_route": {route: percentiles(values) for route, values in sorted(by_route.items())},
-        "turns_within_deadline": round(sum(1 for v in every if v <= deadline_ms) / len(every), 3) if every else None,
+        # The deadline is to the first spoken words (an acknowledgement counts); the whole turn is shown too.
+        "first_words_ms": percentiles(first) if first else None,
+        "first_words_within_deadline": round(sum(1 for v in first if v <= deadline_ms) / len(first), 3) if first else None,
+        "whole_turns_within_deadline": round(sum(1 for v in every if v <= deadline_ms) / len(every), 3) if every else None,
         "deadline_ms": deadline_ms,
     }
 
@@ -100,8 +104,9 @@ async def run_benchmark(args) -> dict:
         "benchmark": "dialog",
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0]},
         "tasks": {"dev": 20, "train": args.train, "banking": len(bank_tasks)},
-        "note": "turn latency is the whole text turn as the scripted caller sees it (no speech); the time to "
-                "the first words is in the dialog's first_say histogram",
+        "note": "text turns as the scripted caller sees them (no speech): turn_ms_by_route is the whole turn; "
+                "first_words_ms is until the first Say event (the disclosure or the cached acknowledgement "
+                "counts, as the caller hears it), which is what the deadline is about",
     }
     for label, llm_deadline in (("flows_and_llm", None), ("llm_disabled", 0.01)):
         state = Path(tempfile.mkdtemp(prefix=f"quietline-bench-dialog-{label}-"))

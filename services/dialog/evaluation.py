@@ -94,12 +94,18 @@ async def converse(stub, call_id: str, caller: ScriptedCaller | ScenarioCaller, 
                                          asr_confidence=1.0,
                                          context=dialog_pb2.CallContext(language="en", service_line=service_line))
         started = time.perf_counter()
-        events = [event async for event in stub.Turn(request, timeout=TURN_TIMEOUT_S)]
+        events, first_say_ms = [], None
+        async for event in stub.Turn(request, timeout=TURN_TIMEOUT_S):
+            if first_say_ms is None and event.WhichOneof("event") == "say":
+                # The first words the caller would hear (the disclosure or an acknowledgement included).
+                first_say_ms = (time.perf_counter() - started) * 1000
+            events.append(event)
         latency_ms = (time.perf_counter() - started) * 1000
         bot = " ".join(event.say.text for event in events if event.WhichOneof("event") == "say")
         route = next((event.route for event in events if event.WhichOneof("event") == "route"), None)
         routes.append({"route": route.route if route else "", "reason": route.reason if route else "",
-                       "turn_ms": round(latency_ms, 1)})
+                       "turn_ms": round(latency_ms, 1),
+                       "first_say_ms": None if first_say_ms is None else round(first_say_ms, 1)})
         transcript += [("caller", text), ("bot", bot)]
         actions = [event.action for event in events if event.WhichOneof("event") == "action"]
         transfer = next((action for action in actions if action.kind == dialog_pb2.Action.KIND_TRANSFER), None)
@@ -168,6 +174,7 @@ async def evaluate_retail(tasks: list[dict], dialog_target: str, dsn: str,
                    "gold_actions": [name for name, _ in gold], "dialog_tool_calls": [name for name, _ in predicted],
                    "routes": [route["route"] for route in conversation["routes"]],
                    "turn_ms": [route["turn_ms"] for route in conversation["routes"]],
+                   "first_say_ms": [route["first_say_ms"] for route in conversation["routes"]],
                    "gold_refused": gold_refused, "error": error}
             rows.append(row)
             if progress:
@@ -360,7 +367,8 @@ async def evaluate_banking(tasks: list[dict], dialog_target: str, dsn: str, db_j
                    "gold_actions": [g["name"] for g in gold], "dialog_actions": [a["name"] for a in predicted],
                    "missed": [g["name"] for g in missed], "leaks": leaks,
                    "routes": [route["route"] for route in conversation["routes"]],
-                   "turn_ms": [route["turn_ms"] for route in conversation["routes"]], "error": error,
+                   "turn_ms": [route["turn_ms"] for route in conversation["routes"]],
+                   "first_say_ms": [route["first_say_ms"] for route in conversation["routes"]], "error": error,
                    "transcript": [f"{speaker}: {text}" for speaker, text in conversation["transcript"]]}
             rows.append(row)
             if progress:
