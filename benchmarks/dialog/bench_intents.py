@@ -61,15 +61,16 @@ BANKING77_TO_PRODUCT = {"lost_or_stolen_card": "card_lost_stolen", "compromised_
 BANKING77_LEFT_OUT = {
     "edit_personal_details", "request_refund", "Refund_not_showing_up", "card_swallowed", "lost_or_stolen_phone",
 }
-# CLINC150 intents of the banking and credit-card domains are account questions, except the lost card
-# (card_lost_stolen) and fraud/freezing (left out: a card or an account); order_status is ours; a set
+# CLINC150 intents of the banking and credit-card domains are account questions, except the lost or
+# damaged card (card_lost_stolen: the flow replaces both), recent transactions (card_transactions) and
+# fraud/freezing (left out: a card or an account); order_status is ours; a set
 # of clearly foreign intents (travel, small talk, cooking, car, home automation) is out_of_scope.
 # Meta intents (yes, no, repeat, goodbye, cancel, ...) are control intents, matched before the classifier.
 CLINC150_BANKING = (
-    "transfer", "transactions", "balance", "pay_bill", "bill_balance", "bill_due", "interest_rate", "routing",
+    "transfer", "balance", "pay_bill", "bill_balance", "bill_due", "interest_rate", "routing",
     "min_payment", "order_checks", "pin_change", "account_blocked", "spending_history", "credit_score",
     "credit_limit", "rewards_balance", "new_card", "application_status", "card_declined", "international_fees",
-    "apr", "redeem_rewards", "credit_limit_change", "damaged_card", "replacement_card_duration",
+    "apr", "redeem_rewards", "credit_limit_change", "replacement_card_duration",
     "expiration_date", "improve_credit_score", "direct_deposit",
 )
 CLINC150_FOREIGN = (
@@ -81,7 +82,8 @@ CLINC150_FOREIGN = (
     "what_are_your_hobbies", "do_you_have_pets", "who_made_you", "how_old_are_you",
 )
 CLINC150_TO_PRODUCT = {
-    "order_status": "order_status", "report_lost_card": "card_lost_stolen",
+    "order_status": "order_status", "report_lost_card": "card_lost_stolen", "damaged_card": "card_lost_stolen",
+    "transactions": "card_transactions",
     **{name: "account_question" for name in CLINC150_BANKING},
     **{name: "out_of_scope" for name in CLINC150_FOREIGN},
 }
