@@ -57,6 +57,9 @@ CLARIFY_PROMPT = ("Sorry, I am not sure I can help with that. I can help with yo
 ONLY_ENGLISH_PROMPT = ("I can only speak English on this line. If you would like to speak another language, "
                        "say agent and I will put you through to a colleague.")
 ANYTHING_ELSE = " Is there anything else I can help with?"
+# The acknowledgement leaves this long before the deadline: its way to the caller (the gRPC hop, the
+# gateway, the cached audio's first frame) must fit inside the deadline too.
+ACKNOWLEDGEMENT_LEAD_S = 0.05
 BAD_KEYS_PROMPT = "Sorry, I did not get those keys. Please key them again, then the hash key."
 # "I don't want to cancel it": the task classifier reads embeddings, which ignore negation, so a
 # negated flow verb must not start that flow.
@@ -153,7 +156,7 @@ class TurnRouter:
         memory = self._memory(call_id, request.context.service_line)
         record = _Turn()
         first_turn = not memory.disclosed
-        deadline_s = self.settings.dialog.first_words_deadline_s
+        deadline_s = max(self.settings.dialog.first_words_deadline_s - ACKNOWLEDGEMENT_LEAD_S, 0.0)
         first_say_s: float | None = None
         if first_turn:
             memory.disclosed = True
