@@ -102,11 +102,15 @@ class _VerifiedCache:
         self.entries[str(path)] = [*self._key(path), sha256]
 
     def save(self) -> None:
+        """Write the cache atomically. Services starting together save at the same moment: each writes
+        its own temporary file (a shared name made one service's rename fail), and the last rename wins
+        (a lost entry only costs one more hash at the next start)."""
         if self.path:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.entries))
-            tmp.replace(self.path)
+            with tempfile.NamedTemporaryFile("w", dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp",
+                                             delete=False) as made:
+                made.write(json.dumps(self.entries))
+            Path(made.name).replace(self.path)
 
 
 def _package_dir(manifest: ModelManifest) -> Path:

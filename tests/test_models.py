@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from conftest import REPO_ROOT
 
 import models
 from models import (
@@ -273,3 +276,17 @@ def test_a_missing_part_package_says_what_to_install(tmp_path: Path, monkeypatch
     shutil.rmtree(tmp_path / "site" / "qlparts_two")
     with pytest.raises(ModelError, match=r"pip install qlparts-two"):
         resolve_model("parts-demo", state)
+
+
+def test_services_starting_together_save_the_verified_cache_without_colliding(tmp_path: Path) -> None:
+    # asr, llm and knowledge start in one wave and each saves models/verified.json as it verifies.
+    script = ("import sys; from pathlib import Path; from models import _VerifiedCache\n"
+              "cache = _VerifiedCache(Path(sys.argv[1])); cache.entries = {sys.argv[2]: [1, 2, 'x']}\n"
+              "for _ in range(300): cache.save()\n")
+    savers = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path), f"model-{n}"], cwd=REPO_ROOT,
+                               stderr=subprocess.PIPE, text=True) for n in range(4)]
+    errors = [saver.communicate(timeout=120)[1] for saver in savers]
+    assert [saver.returncode for saver in savers] == [0, 0, 0, 0], errors
+    saved = json.loads((tmp_path / "models" / "verified.json").read_text())
+    assert list(saved.values()) == [[1, 2, "x"]]
+    assert not list((tmp_path / "models").glob("*.tmp"))  # no temporary file left behind
