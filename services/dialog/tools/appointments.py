@@ -47,7 +47,14 @@ from services.dialog.tools.adapter import (
     ToolRegistry,
     ToolSpec,
 )
-from services.dialog.tools.backoffice import MIGRATIONS_DIR, SCHEMA, BackofficeStore, BackofficeTool, Operation
+from services.dialog.tools.backoffice import (
+    MIGRATIONS_DIR,
+    SCHEMA,
+    BackofficeStore,
+    BackofficeTool,
+    Operation,
+    configured_store,
+)
 from services.kit.database import CONNECT_TIMEOUT_S, DatabaseError, describe_dsn, migrate
 
 KIND = "appointments_backoffice"
@@ -395,22 +402,10 @@ def appointments_tools_config(**per_tool: Any) -> dict[str, Any]:
     return {"tools": {name: {"kind": KIND, **per_tool} for name in KNOWN_TOOLS}}
 
 
-OPTION_KEYS = {"dsn", "max_connections", "timezone"}
-
-
 async def build_tool(name: str, options: dict[str, Any], context: BuildContext) -> ToolAdapter:
     """Build tool `name` of kind appointments_backoffice; options: dsn (default: the appliance's),
     max_connections, timezone (an IANA name such as 'Europe/London'; default: the appliance's zone)."""
-    unknown = set(options) - OPTION_KEYS
-    if unknown:
-        raise ToolConfigError(f"tools config, tool {name}: unknown option(s) {', '.join(sorted(unknown))} for kind {KIND}: "
-                              f"it takes {', '.join(sorted(OPTION_KEYS))}")
-    dsn = options.get("dsn") or context.default_dsn
-    if not dsn:
-        raise ToolConfigError(f"tools config, tool {name}: kind {KIND} needs a database: set options.dsn or database.dsn")
-    max_connections = options.get("max_connections", 4)
-    if not isinstance(max_connections, int) or max_connections < 1:
-        raise ToolConfigError(f"tools config, tool {name}: options.max_connections must be a whole number >= 1")
+    store = await configured_store(KIND, name, options, context, frozenset({"timezone"}))
     zone = None
     if "timezone" in options:
         try:
@@ -418,6 +413,4 @@ async def build_tool(name: str, options: dict[str, Any], context: BuildContext) 
         except (ZoneInfoNotFoundError, ValueError):
             raise ToolConfigError(f"tools config, tool {name}: options.timezone {options['timezone']!r} is not a time "
                                   "zone: use an IANA name such as 'Europe/London'") from None
-    # Tools naming the same database and pool size share one pool.
-    store = await context.resource((KIND, dsn, max_connections), lambda: BackofficeStore.open(dsn, max_connections), BackofficeStore.close)
     return make_tool(name, store, context.breakers, zone)

@@ -41,6 +41,7 @@ from purgatory import AsyncCircuitBreakerFactory
 from services.dialog.tools.adapter import (
     FailureKind,
     ToolAdapter,
+    ToolConfigError,
     ToolSpec,
     VerifiedSession,
 )
@@ -650,3 +651,27 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# Options every back-office tool kind takes in a tools YAML file.
+STORE_OPTION_KEYS = frozenset({"dsn", "max_connections"})
+
+
+async def configured_store(kind: str, name: str, options: dict[str, Any], context: Any,
+                           extra_keys: frozenset[str] = frozenset()) -> BackofficeStore:
+    """The back-office store tool `name` of `kind` names in its options (dsn, default the appliance's;
+    max_connections), checked with the fix named; tools naming the same database and pool size share one pool.
+    `extra_keys` are the kind's own further options."""
+    allowed = STORE_OPTION_KEYS | extra_keys
+    unknown = set(options) - allowed
+    if unknown:
+        raise ToolConfigError(f"tools config, tool {name}: unknown option(s) {', '.join(sorted(unknown))} for kind {kind}: "
+                              f"it takes {', '.join(sorted(allowed))}")
+    dsn = options.get("dsn") or context.default_dsn
+    if not dsn:
+        raise ToolConfigError(f"tools config, tool {name}: kind {kind} needs a database: set options.dsn or database.dsn")
+    max_connections = options.get("max_connections", 4)
+    if not isinstance(max_connections, int) or max_connections < 1:
+        raise ToolConfigError(f"tools config, tool {name}: options.max_connections must be a whole number >= 1")
+    return await context.resource((kind, dsn, max_connections), lambda: BackofficeStore.open(dsn, max_connections),
+                                  BackofficeStore.close)

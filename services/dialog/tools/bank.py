@@ -48,7 +48,6 @@ from services.dialog.tools.adapter import (
     BuildContext,
     FailureKind,
     ToolAdapter,
-    ToolConfigError,
     ToolFailure,
     ToolRegistry,
     ToolSpec,
@@ -60,6 +59,7 @@ from services.dialog.tools.backoffice import (
     BackofficeTool,
     Operation,
     money,
+    configured_store,
 )
 
 KIND = "bank_backoffice"
@@ -524,21 +524,7 @@ def bank_tools_config(**per_tool: Any) -> dict[str, Any]:
     return {"tools": {name: {"kind": KIND, **per_tool} for name in KNOWN_TOOLS}}
 
 
-OPTION_KEYS = {"dsn", "max_connections"}
-
-
 async def build_tool(name: str, options: dict[str, Any], context: BuildContext) -> ToolAdapter:
     """Build tool `name` of kind bank_backoffice; options: dsn (default: the appliance's), max_connections."""
-    unknown = set(options) - OPTION_KEYS
-    if unknown:
-        raise ToolConfigError(f"tools config, tool {name}: unknown option(s) {', '.join(sorted(unknown))} for kind {KIND}: "
-                              f"it takes {', '.join(sorted(OPTION_KEYS))}")
-    dsn = options.get("dsn") or context.default_dsn
-    if not dsn:
-        raise ToolConfigError(f"tools config, tool {name}: kind {KIND} needs a database: set options.dsn or database.dsn")
-    max_connections = options.get("max_connections", 4)
-    if not isinstance(max_connections, int) or max_connections < 1:
-        raise ToolConfigError(f"tools config, tool {name}: options.max_connections must be a whole number >= 1")
-    # Tools naming the same database and pool size share one pool.
-    store = await context.resource((KIND, dsn, max_connections), lambda: BackofficeStore.open(dsn, max_connections), BackofficeStore.close)
+    store = await configured_store(KIND, name, options, context)
     return make_tool(name, store, context.breakers)
